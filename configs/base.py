@@ -1,0 +1,167 @@
+"""Shared base configuration for every ROCK experiment.
+
+Each experiment file in `configs/` imports `get_base_config()`, overrides a few
+fields and returns the result from its own `get_config(arg)`. Every field can be
+overridden on the command line, e.g. `--config.model.variant=baseline`.
+
+Paper settings (NYUv2, Mordan et al. 2018, supplementary Section 2) are the
+defaults; numbers the paper leaves out follow `shared/spec/REFERENCE.md`.
+"""
+
+import ml_collections
+
+# The 27 NYUv2 scene classes (sorted distinct `sceneTypes`, no grouping).
+NYUV2_SCENES = (
+  'basement', 'bathroom', 'bedroom', 'bookstore', 'cafe', 'classroom', 'computer_lab',
+  'conference_room', 'dinette', 'dining_room', 'excercise_room', 'foyer', 'furniture_store',
+  'home_office', 'home_storage', 'indoor_balcony', 'kitchen', 'laundry_room', 'living_room',
+  'office', 'office_kitchen', 'playroom', 'printer_room', 'reception_room', 'student_lounge',
+  'study', 'study_room',
+)  # fmt: skip
+
+
+def get_base_config() -> ml_collections.ConfigDict:
+  """Returns the paper's NYUv2 ROCK setting (Adam, batch 8, 480x640, 40k steps)."""
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # Seeds init, data order and augmentation.
+  config.mode = 'train'  # 'train' (train + periodic eval) or 'eval' (evaluate init_from).
+
+  # ---------------------------------------------------------------- model
+  model = config.model = ml_collections.ConfigDict()
+  # 'baseline' (SSD on conv5), 'flat_mtl' (1x1 heads on conv5, no fusion),
+  # 'rock_no_fusion' (encoder + predictor only) or 'rock'.
+  model.variant = 'rock'
+  model.num_classes = 19  # Foreground classes; logits have num_classes + 1 (0 = background).
+  model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+
+  model.backbone = ml_collections.ConfigDict()
+  model.backbone.depth = 50  # 18, 34, 50 or 101.
+  model.backbone.layout = 'v1.5'  # 'v1.5' (torchvision: stride on 3x3) or 'v1' (Keras).
+  model.backbone.output_stride = 16  # 8, 16 or 32: dilate the last stage(s).
+  model.backbone.width = 64  # Stem width; 64 for the real ResNets, smaller for CPU tests.
+  model.backbone.stage_sizes = ()  # Blocks per stage; () = the standard ones for `depth`.
+  model.backbone.freeze_bn_stats = True  # Use running stats in training (reference).
+  model.backbone.bn_momentum = 0.9  # Flax momentum (= PyTorch momentum 0.1).
+
+  # Auxiliary tasks of the ROCK block, in order. Override e.g. `--config.model.tasks=depth`.
+  model.tasks = 'scene,depth,normals'
+  model.task_specs = ml_collections.ConfigDict()
+  # kind: 'image_class' (GAP -> logits), 'dense_scalar' (channel mean -> 1 map),
+  # 'dense_vector' (channel mean per group of width / components maps).
+  model.task_specs.scene = dict(kind='image_class', width=27, components=1)
+  model.task_specs.depth = dict(kind='dense_scalar', width=128, components=1)
+  model.task_specs.normals = dict(kind='dense_vector', width=384, components=3)
+
+  model.rock = ml_collections.ConfigDict()
+  model.rock.trunk_width = 512  # Shared encoder trunk width (2048 / 4).
+  model.rock.fusion = 'add'  # 'add' (Eq. 1) or 'product' (Table 5, depth-only).
+  model.rock.extra_task_convs = False  # Reference option: 1x1/3x3/1x1 per task before K_t conv.
+  model.rock.post_fusion_bn_relu = False  # Reference option: BN + ReLU after fusion.
+
+  model.ssd = ml_collections.ConfigDict()
+  # Extra feature maps after conv5: (1x1 mid width, 3x3 stride-2 output width) each.
+  # A 3x3 stride-2 conv with padding 1 maps n -> ceil(n / 2): 30x40 -> 15x20 -> 8x10 -> 4x5
+  # -> 2x3 -> 1x2 -> 1x1 at 480x640 (7 maps with conv5).
+  model.ssd.extra_layers = ((256, 512), (256, 512), (128, 256), (128, 256), (128, 256), (128, 256))
+  # Default boxes: one scale per map plus one (for the extra square box sqrt(s_k s_k+1)).
+  model.ssd.scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05, 1.2)
+  model.ssd.aspect_ratios = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,), (2,))
+  model.ssd.variances = (0.1, 0.2)  # Centre, size.
+  model.ssd.prior_pi = 0.01  # Focal-loss prior for foreground class biases.
+
+  # ----------------------------------------------------------------- loss
+  loss = config.loss = ml_collections.ConfigDict()
+  loss.weights = ml_collections.ConfigDict(
+    dict(cls=1.0, loc=3.0, scene=3.0, depth=3.0, normals=30.0)
+  )
+  loss.cls = 'softmax_hnm'  # 'softmax_hnm' (3:1 hard negatives) or 'focal'.
+  loss.neg_pos_ratio = 3
+  loss.focal_alpha = 0.25
+  loss.focal_gamma = 2.0
+  loss.match_pos_iou = 0.5  # IoU >= 0.5: positive.
+  loss.match_neg_iou = 0.4  # IoU < 0.4: background; in between: ignored.
+  loss.depth = 'berhu'  # 'berhu' (c = 0.2 x batch max), 'berhu_fixed' or 'huber'.
+  loss.depth_c = 0.2  # Fraction of the batch max for 'berhu'; the threshold for the others.
+  loss.min_depth = 0.1  # Metres: depth is clamped to [min_depth, max_depth] before the log.
+  loss.max_depth = 10.0
+  loss.normals_offset = 0.0  # The reference adds 1.0 to keep the normals loss >= 0.
+
+  # ----------------------------------------------------------------- data
+  data = config.data = ml_collections.ConfigDict()
+  data.name = 'nyuv2'  # TFDS builder: 'nyuv2', 'mlt', 'cityscapes' or 'synthetic_rooms'.
+  data.builder_config = 'paper'  # nyuv2: 'paper' (673/122/654) or 'official' (795/654).
+  data.train_split = 'train'
+  data.eval_split = 'validation'
+  data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (gs:// ok).
+  data.manual_dir = ml_collections.config_dict.placeholder(str)  # Original files, for builds.
+  data.image_size = (480, 640)  # (H, W) the model sees.
+  data.max_boxes = 100  # Ground-truth boxes per image after padding (eval only).
+  data.train_fraction = 1.0  # Table 6: train on the first fraction of the train split.
+  data.shuffle_buffer = 1000
+  data.augment = True
+  data.crop = True  # SSD random crops with a fixed aspect ratio.
+  data.flip = True
+  data.color_jitter = ml_collections.ConfigDict(
+    dict(brightness=0.15, contrast=0.25, saturation=0.25, hue=0.05)
+  )
+  # Extra datasets mixed into training: ((name, builder_config, weight), ...); the main
+  # dataset gets weight `data.weight`.
+  data.mixture = ()
+  data.weight = 1.0
+
+  # ------------------------------------------------------------- training
+  train = config.train = ml_collections.ConfigDict()
+  train.batch_size = 8  # Global batch, split over devices and hosts.
+  train.num_steps = 40_000
+  train.learning_rate = 5e-5
+  train.lr_boundaries = (30_000,)  # Steps where the learning rate is multiplied by lr_decay.
+  train.lr_decay = 0.1  # 5e-5 -> 5e-6.
+  train.optimizer = 'adam'
+  train.weight_decay = 0.0  # The reference uses 2e-3.
+  train.decoupled_weight_decay = False  # False: coupled L2 as in PyTorch Adam (reference).
+  train.clip_grad_norm = 0.0  # 0 disables clipping.
+  train.backbone_lr_multiplier = 1.0  # 0 freezes the backbone (optax.partition).
+  train.log_every = 50
+  train.eval_every = 5_000
+  train.checkpoint_every = 5_000
+  train.keep_checkpoints = 3  # Last K; the best by validation mAP@0.5 is kept too.
+
+  # ----------------------------------------------------------- evaluation
+  evaluation = config.eval = ml_collections.ConfigDict()
+  evaluation.batch_size = 8
+  evaluation.score_threshold = 0.05
+  evaluation.pre_nms_top_k = 200  # Per class.
+  evaluation.nms_iou = 0.3
+  evaluation.max_detections = 100
+  evaluation.num_panels = 4  # Figure-3 panels written for the first test images.
+
+  # ------------------------------------------------------- initialisation
+  config.init_from = ml_collections.config_dict.placeholder(str)  # Orbax checkpoint dir.
+  # Regexes of parameter paths that must not load from init_from (fresh init kept).
+  config.init_exclude = ()
+  config.init_backbone = ml_collections.config_dict.placeholder(str)  # Imported ImageNet dir.
+  return config
+
+
+def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config so the real entry point runs in well under a minute on a CPU."""
+  config.model.backbone.depth = 18
+  config.model.backbone.width = 8
+  config.model.backbone.stage_sizes = (1, 1, 1, 1)
+  config.model.rock.trunk_width = 16
+  config.model.task_specs.depth.width = 8
+  config.model.task_specs.normals.width = 12
+  config.model.ssd.extra_layers = ((8, 16), (8, 16), (8, 16), (8, 16))
+  config.model.ssd.scales = (0.1, 0.3, 0.5, 0.7, 0.9, 1.05)
+  config.model.ssd.aspect_ratios = ((2,), (2,), (2,), (2,), (2,))
+  config.data.image_size = (64, 96)
+  config.data.shuffle_buffer = 16
+  config.train.batch_size = 2
+  config.train.num_steps = 4
+  config.train.lr_boundaries = (3,)
+  config.train.log_every = 2
+  config.train.eval_every = 4
+  config.train.checkpoint_every = 2
+  config.eval.batch_size = 2
+  config.eval.num_panels = 1
+  return config

@@ -1,0 +1,1 @@
+"""TFDS builders reading the datasets' original files (nothing downloads at run time)."""

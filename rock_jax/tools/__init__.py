@@ -1,0 +1,1 @@
+"""Command-line tools: weight import, model summary, benchmarks."""
