@@ -1,0 +1,228 @@
+"""COCO-style detection evaluation with pycocotools, and the paper's Table-3 layout.
+
+`CocoEvaluator` collects ground truth and detections batch by batch (numpy), exports
+them as COCO json (`[x, y, w, h]` in pixels of the original image, 0-based, category
+ids 1..C named after the dataset's classes) and evaluates them with pycocotools, quietly.
+`result()` returns a named dict:
+- `mAP@[0.5:0.95]`, `mAP@0.5`, `mAP@0.75` (fractions in [0, 1]; means over the classes
+  present in the ground truth, as pycocotools does);
+- `AP@0.5/<class>` for every class: None when the class never occurs in the ground
+  truth (absent, rather than a silent 0 or NaN).
+With no ground-truth box at all every entry is None; with no detection at all every
+present class gets 0.
+
+`table(result, class_names, fmt=...)` prints one row in the layout of the paper's
+Table 3 (model name, mAP@0.5, one AP@0.5 column per class, in percent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from etils import epath
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+METRIC_NAMES = ('mAP@[0.5:0.95]', 'mAP@0.5', 'mAP@0.75')
+
+
+def _to_pixels_xywh(box: np.ndarray, height: int, width: int) -> list[float]:
+  """Normalised `[ymin, xmin, ymax, xmax]` -> COCO `[x, y, w, h]` in pixels."""
+  y0, x0, y1, x1 = (float(v) for v in box)
+  return [x0 * width, y0 * height, max(x1 - x0, 0.0) * width, max(y1 - y0, 0.0) * height]
+
+
+class CocoEvaluator:
+  """Accumulates a dataset's detections and evaluates them with pycocotools."""
+
+  def __init__(self, class_names: Sequence[str]):
+    """Creates an empty evaluator.
+
+    Args:
+      class_names: foreground class names; class id `k` (1..C) is `class_names[k - 1]`.
+    """
+    self.class_names = list(class_names)
+    self._images: list[dict[str, Any]] = []
+    self._gt: list[dict[str, Any]] = []
+    self._dets: list[dict[str, Any]] = []
+    self._seen: set[int] = set()
+
+  def reset(self) -> None:
+    """Forgets everything added so far."""
+    self._images, self._gt, self._dets, self._seen = [], [], [], set()
+
+  @property
+  def num_images(self) -> int:
+    return len(self._images)
+
+  def add(
+    self,
+    image_ids: np.ndarray,
+    orig_sizes: np.ndarray,
+    gt_boxes: np.ndarray,
+    gt_labels: np.ndarray,
+    gt_mask: np.ndarray,
+    det: Mapping[str, np.ndarray],
+    valid: np.ndarray | None = None,
+  ) -> None:
+    """Adds one batch.
+
+    Args:
+      image_ids: `[B]` int ids, unique over the dataset.
+      orig_sizes: `[B, 2]` `(H, W)` of the original images, in pixels.
+      gt_boxes: `[B, M, 4]` normalised corner boxes `[ymin, xmin, ymax, xmax]`.
+      gt_labels: `[B, M]` labels in 1..C.
+      gt_mask: `[B, M]` bool, True for real boxes.
+      det: the output of `rock_jax.postprocess.postprocess` (numpy): `boxes` `[B, N, 4]`,
+        `scores` `[B, N]`, `classes` `[B, N]`, `num` `[B]`.
+      valid: optional `[B]`; examples with 0 are padding and are skipped.
+
+    Raises:
+      ValueError: if an image id was already added.
+    """
+    image_ids = np.asarray(image_ids)
+    det = {k: np.asarray(v) for k, v in det.items()}
+    for b, image_id in enumerate(image_ids.tolist()):
+      if valid is not None and not valid[b]:
+        continue
+      if image_id in self._seen:
+        raise ValueError(f'Image id {image_id} added twice.')
+      self._seen.add(image_id)
+      height, width = (int(v) for v in orig_sizes[b])
+      self._images.append({'id': int(image_id), 'height': height, 'width': width})
+      for box, label, real in zip(gt_boxes[b], gt_labels[b], gt_mask[b], strict=True):
+        if not real:
+          continue
+        xywh = _to_pixels_xywh(box, height, width)
+        self._gt.append(
+          {
+            # pycocotools treats a matched gt id of 0 as "unmatched": ids start at 1.
+            'id': len(self._gt) + 1,
+            'image_id': int(image_id),
+            'category_id': int(label),
+            'bbox': xywh,
+            'area': xywh[2] * xywh[3],
+            'iscrowd': 0,
+          }
+        )
+      for n in range(int(det['num'][b])):
+        self._dets.append(
+          {
+            'image_id': int(image_id),
+            'category_id': int(det['classes'][b, n]),
+            'bbox': _to_pixels_xywh(det['boxes'][b, n], height, width),
+            'score': float(det['scores'][b, n]),
+          }
+        )
+
+  def ground_truth_json(self) -> dict[str, Any]:
+    """Returns the ground truth as a COCO dataset dict."""
+    return {
+      'images': list(self._images),
+      'annotations': list(self._gt),
+      'categories': [{'id': k + 1, 'name': name} for k, name in enumerate(self.class_names)],
+    }
+
+  def detections_json(self) -> list[dict[str, Any]]:
+    """Returns the detections as a COCO results list."""
+    return list(self._dets)
+
+  def write_json(self, directory: str | epath.PathLike) -> tuple[epath.Path, epath.Path]:
+    """Writes `ground_truth.json` and `detections.json` (local or gs://) and returns them."""
+    directory = epath.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    gt_path, det_path = directory / 'ground_truth.json', directory / 'detections.json'
+    gt_path.write_text(json.dumps(self.ground_truth_json()))
+    det_path.write_text(json.dumps(self.detections_json()))
+    return gt_path, det_path
+
+  def result(self) -> dict[str, float | None]:
+    """Evaluates everything added so far (see the module docstring for the keys)."""
+    present = {a['category_id'] for a in self._gt}
+    result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+    per_class = {
+      f'AP@0.5/{name}': (0.0 if k + 1 in present else None)
+      for k, name in enumerate(self.class_names)
+    }
+    if not self._gt:
+      return {**result, **per_class}
+    if not self._dets:
+      return {**dict.fromkeys(METRIC_NAMES, 0.0), **per_class}
+
+    with contextlib.redirect_stdout(io.StringIO()):
+      coco_gt = COCO()
+      coco_gt.dataset = copy.deepcopy(self.ground_truth_json())
+      coco_gt.createIndex()
+      # loadRes adds keys to the dicts it gets: give it copies.
+      coco_dt = coco_gt.loadRes(copy.deepcopy(self._dets))
+      coco_eval = COCOeval(coco_gt, coco_dt, iouType='bbox')
+      coco_eval.params.imgIds = [img['id'] for img in self._images]
+      coco_eval.evaluate()
+      coco_eval.accumulate()
+      coco_eval.summarize()
+    for name, value in zip(METRIC_NAMES, coco_eval.stats[:3], strict=True):
+      result[name] = float(value) if value > -1 else None
+    # precision: [IoU thresholds, recall points, classes, area ranges, max dets]; IoU 0.5
+    # is index 0, area 'all' index 0, and the last max-dets setting is 100.
+    precision = coco_eval.eval['precision']
+    cat_ids = list(coco_eval.params.catIds)
+    for k, name in enumerate(self.class_names):
+      if k + 1 not in present:
+        continue
+      p = precision[0, :, cat_ids.index(k + 1), 0, -1]
+      p = p[p > -1]
+      per_class[f'AP@0.5/{name}'] = float(p.mean()) if p.size else 0.0
+    return {**result, **per_class}
+
+  def table(self, result: Mapping[str, float | None], fmt: str = 'text', name: str = '') -> str:
+    """`table(result, self.class_names, fmt=fmt, name=name)`."""
+    return table(result, self.class_names, fmt=fmt, name=name)
+
+
+def table(
+  result: Mapping[str, float | None],
+  class_names: Sequence[str] | None = None,
+  fmt: str = 'text',
+  name: str = '',
+) -> str:
+  """Formats a result in the layout of the paper's Table 3 (AP@0.5 in percent).
+
+  Args:
+    result: the dict of `CocoEvaluator.result`.
+    class_names: the columns after mAP; by default the classes of `result`, in order.
+    fmt: 'text' (aligned columns) or 'markdown'.
+    name: the model name in the first column.
+
+  Returns:
+    A header line and one row; absent classes (None) show as '-'.
+  """
+  if class_names is None:
+    class_names = [k.split('/', 1)[1] for k in result if k.startswith('AP@0.5/')]
+  headers = ['Model', 'mAP', *class_names]
+  values = [result.get('mAP@0.5'), *(result.get(f'AP@0.5/{c}') for c in class_names)]
+  row = [name or '-', *('-' if v is None else f'{100 * v:.1f}' for v in values)]
+  if fmt == 'markdown':
+    lines = [
+      '| ' + ' | '.join(headers) + ' |',
+      '|' + '|'.join([':---', *['---:'] * (len(headers) - 1)]) + '|',
+      '| ' + ' | '.join(row) + ' |',
+    ]
+    return '\n'.join(lines)
+  if fmt == 'text':
+    widths = [max(len(h), len(r)) for h, r in zip(headers, row, strict=True)]
+    first = [
+      headers[0].ljust(widths[0]),
+      *(h.rjust(w) for h, w in zip(headers[1:], widths[1:], strict=True)),
+    ]
+    second = [
+      row[0].ljust(widths[0]),
+      *(r.rjust(w) for r, w in zip(row[1:], widths[1:], strict=True)),
+    ]
+    return '\n'.join(['  '.join(first), '  '.join(second)])
+  raise ValueError(f"fmt must be 'text' or 'markdown', got {fmt!r}.")
