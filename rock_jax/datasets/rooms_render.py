@@ -1,0 +1,909 @@
+"""Procedural indoor rooms rendered by vectorised numpy ray casting.
+
+The built-in synthetic benchmark of `rock_jax` (`synthetic_rooms` TFDS builder). One call
+to `render_scene(rng, height, width)` lays out a room of one of `SCENES`, furnishes it
+with objects of `CLASSES` whose presence and count depend on the scene type
+(`SCENE_OBJECTS`), picks a camera pose and ray-casts the scene against axis-aligned boxes
+and vertical cylinders. It returns exact depth, surface normals, an instance map, tight
+boxes of the visible pixels of each object and a shaded, textured, noisy RGB image.
+
+World frame: x east, y north, z up (metres); the room is `[0, Lx] x [0, Ly] x [0, Hc]`.
+Camera frame (the frame of the returned normals): x right, y down, z forward (OpenCV).
+A surface facing the camera has a negative normal z; the floor's normal points up in the
+image, i.e. has a negative y. Depth is the z coordinate in the camera frame (not the ray
+length), as in NYUv2.
+
+Design of the benchmark (fair, documented, not tuned to any model):
+- the scene type changes which objects appear (e.g. toilets only in bathrooms, monitors
+  mostly in offices) and the floor/wall materials, so it is informative but a room does
+  not determine its objects;
+- geometry helps tell some classes apart: `picture` and `monitor` draw their appearance
+  from the same distribution (a framed rectangle with random content), but pictures hang
+  flush on walls while monitors stand on tables and stick out of the wall plane;
+  `bathtub`, `sink` and `toilet` share white ceramic materials and differ by shape and
+  absolute size (which depth gives);
+- objects are reasonably large (chairs and lamps are the smallest), there are at most a
+  handful per image, and heavily occluded (< 30 % visible) or tiny (< 0.3 % of the
+  image, or < 4 % of a side) instances are dropped from the labels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+CLASSES = (
+  'bathtub', 'bed', 'bookshelf', 'chair', 'lamp', 'monitor', 'picture', 'sink', 'sofa',
+  'table', 'toilet',
+)  # fmt: skip
+SCENES = ('bathroom', 'bedroom', 'kitchen', 'living_room', 'office')
+
+# Per scene: (class, probability of being present, min count, max count). Order matters:
+# tables come before what stands on them or around them.
+SCENE_OBJECTS: dict[str, tuple[tuple[str, float, int, int], ...]] = {
+  'bathroom': (
+    ('bathtub', 0.7, 1, 1), ('toilet', 0.9, 1, 1), ('sink', 0.9, 1, 2),
+    ('picture', 0.3, 1, 1), ('lamp', 0.1, 1, 1),
+  ),
+  'bedroom': (
+    ('bed', 0.95, 1, 1), ('table', 0.35, 1, 1), ('lamp', 0.7, 1, 2), ('chair', 0.3, 1, 1),
+    ('picture', 0.6, 1, 2), ('bookshelf', 0.3, 1, 1), ('sofa', 0.1, 1, 1),
+    ('monitor', 0.1, 1, 1),
+  ),
+  'kitchen': (
+    ('table', 0.9, 1, 1), ('chair', 0.9, 1, 4), ('sink', 0.85, 1, 1), ('lamp', 0.2, 1, 1),
+    ('picture', 0.35, 1, 1), ('bookshelf', 0.1, 1, 1),
+  ),
+  'living_room': (
+    ('sofa', 0.95, 1, 2), ('table', 0.7, 1, 1), ('monitor', 0.25, 1, 1), ('lamp', 0.6, 1, 2),
+    ('picture', 0.6, 1, 2), ('bookshelf', 0.5, 1, 1), ('chair', 0.4, 1, 2), ('bed', 0.03, 1, 1),
+  ),
+  'office': (
+    ('table', 0.95, 1, 2), ('monitor', 0.9, 1, 2), ('chair', 0.9, 1, 2),
+    ('bookshelf', 0.7, 1, 2), ('lamp', 0.3, 1, 1), ('picture', 0.3, 1, 1), ('sofa', 0.1, 1, 1),
+  ),
+}  # fmt: skip
+
+# Texture patterns.
+PLAIN, WOOD, FABRIC, TILES, BOOKS, FRAMED, TUB, EMISSIVE = range(8)
+
+MIN_VISIBLE_FRACTION = 0.3  # Of the object's unoccluded pixels in the frame.
+MIN_AREA = 0.003  # Of the image.
+MIN_SIDE = 0.04  # Of the image height / width.
+_EPS = 1e-4
+_WHITES = ((0.93, 0.93, 0.92), (0.88, 0.9, 0.92), (0.95, 0.94, 0.9))
+_FRAMES = (
+  (0.08, 0.08, 0.08),
+  (0.2, 0.2, 0.22),
+  (0.92, 0.92, 0.9),
+  (0.5, 0.33, 0.18),
+  (0.7, 0.58, 0.25),
+)
+_WOODS = ((0.55, 0.38, 0.22), (0.7, 0.52, 0.32), (0.35, 0.22, 0.12), (0.8, 0.68, 0.5))
+
+
+@dataclasses.dataclass
+class _Material:
+  color: np.ndarray
+  color2: np.ndarray
+  pattern: int
+  scale: float = 0.1
+  front: tuple[int, int] = (-1, 0)  # (world axis, sign) of the face carrying content.
+
+
+@dataclasses.dataclass
+class _Scene:
+  """Primitives in world coordinates, accumulated while furnishing a room."""
+
+  size: np.ndarray  # (Lx, Ly, Hc).
+  boxes: list = dataclasses.field(default_factory=list)  # (lo, hi, material, object).
+  cylinders: list = dataclasses.field(default_factory=list)  # (cx, cy, r, z0, z1, mat, obj).
+  materials: list = dataclasses.field(default_factory=list)
+  labels: list = dataclasses.field(default_factory=list)  # Class index per object.
+  footprints: list = dataclasses.field(default_factory=list)  # (x0, y0, x1, y1).
+  wall_items: list = dataclasses.field(default_factory=list)  # (wall, s0, s1, z0, z1).
+  tables: list = dataclasses.field(default_factory=list)  # (origin, k, w, d, h, used).
+
+  def material(self, m: _Material) -> int:
+    self.materials.append(m)
+    return len(self.materials) - 1
+
+
+def _rotate(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Rotates local `(x, y)` by `k * 90` degrees counter-clockwise."""
+  for _ in range(k % 4):
+    x, y = -y, x
+  return x, y
+
+
+def _front(k: int) -> tuple[int, int]:
+  """World (axis, sign) of the local +y direction after a `k * 90` degree rotation."""
+  return ((1, 1), (0, -1), (1, -1), (0, 1))[k % 4]
+
+
+def _add_parts(scene: _Scene, parts: list, origin: np.ndarray, k: int, obj: int) -> None:
+  """Adds local parts `('box', x0, x1, y0, y1, z0, z1, mat)` / `('cyl', x, y, r, z0, z1, mat)`."""
+  for part in parts:
+    if part[0] == 'box':
+      _, x0, x1, y0, y1, z0, z1, mat = part
+      xs, ys = _rotate(np.array([x0, x1]), np.array([y0, y1]), k)
+      lo = np.array([xs.min() + origin[0], ys.min() + origin[1], z0])
+      hi = np.array([xs.max() + origin[0], ys.max() + origin[1], z1])
+      scene.boxes.append((lo, hi, mat, obj))
+    else:
+      _, x, y, r, z0, z1, mat = part
+      cx, cy = _rotate(np.array(x), np.array(y), k)
+      scene.cylinders.append((float(cx) + origin[0], float(cy) + origin[1], r, z0, z1, mat, obj))
+
+
+def _footprint(origin: np.ndarray, k: int, w: float, d: float) -> tuple[float, ...]:
+  xs, ys = _rotate(np.array([-w / 2, w / 2]), np.array([0.0, d]), k)
+  return (xs.min() + origin[0], ys.min() + origin[1], xs.max() + origin[0], ys.max() + origin[1])
+
+
+def _overlaps(a: tuple[float, ...], b: tuple[float, ...], margin: float = 0.05) -> bool:
+  return not (
+    a[2] + margin <= b[0] or b[2] + margin <= a[0] or a[3] + margin <= b[1] or b[3] + margin <= a[1]
+  )
+
+
+def _wall_origin(size: np.ndarray, wall: int, s: float) -> np.ndarray:
+  """Point on `wall` (0: y = 0, 1: x = Lx, 2: y = Ly, 3: x = 0) at along-wall position s."""
+  return np.array([(s, 0.0), (size[0], s), (s, size[1]), (0.0, s)][wall])
+
+
+def _wall_length(size: np.ndarray, wall: int) -> float:
+  return float(size[0] if wall in (0, 2) else size[1])
+
+
+def _color(rng: np.random.Generator, base: Any, jitter: float = 0.06) -> np.ndarray:
+  return np.clip(np.asarray(base, np.float32) + rng.normal(0, jitter, 3), 0.02, 0.98)
+
+
+def _fabric(rng: np.random.Generator) -> _Material:
+  hue = rng.uniform(0.1, 0.8, 3)
+  return _Material(_color(rng, hue, 0.0), _color(rng, hue * 0.8), FABRIC, 0.03)
+
+
+def _wood(rng: np.random.Generator) -> _Material:
+  c = _color(rng, _WOODS[rng.integers(len(_WOODS))])
+  return _Material(c, c * 0.75, WOOD, rng.uniform(0.04, 0.1))
+
+
+def _ceramic(rng: np.random.Generator) -> _Material:
+  return _Material(_color(rng, _WHITES[rng.integers(3)], 0.02), np.zeros(3), PLAIN, 0.5)
+
+
+def _framed(rng: np.random.Generator, k: int) -> _Material:
+  # Shared by pictures and monitors on purpose: only context and geometry separate them.
+  frame = _color(rng, _FRAMES[rng.integers(len(_FRAMES))], 0.03)
+  return _Material(rng.uniform(0.05, 0.95, 3).astype(np.float32), frame, FRAMED, 0.0, _front(k))
+
+
+def _object_parts(
+  rng: np.random.Generator, scene: _Scene, name: str, k: int
+) -> tuple[list, float, float]:
+  """Local parts of one object (front towards local +y, back at y = 0), width and depth."""
+  mat = scene.material
+  if name == 'bed':
+    w, d, h = rng.uniform(1.3, 1.9), rng.uniform(1.95, 2.2), rng.uniform(0.45, 0.6)
+    wood, fab = mat(_wood(rng)), mat(_fabric(rng))
+    pillow = mat(_Material(_color(rng, _WHITES[0], 0.05), np.zeros(3), FABRIC, 0.02))
+    hb = rng.uniform(0.9, 1.25)
+    return (
+      [
+        ('box', -w / 2, w / 2, 0.0, 0.07, 0.0, hb, wood),
+        ('box', -w / 2, w / 2, 0.07, d, 0.0, h, fab),
+        ('box', -w / 2 + 0.1, w / 2 - 0.1, 0.1, 0.5, h, h + 0.12, pillow),
+      ],
+      w,
+      d,
+    )
+  if name == 'sofa':
+    w, d = rng.uniform(1.5, 2.3), rng.uniform(0.8, 1.0)
+    fab = mat(_fabric(rng))
+    return (
+      [
+        ('box', -w / 2, w / 2, 0.0, d, 0.0, 0.42, fab),
+        ('box', -w / 2, w / 2, 0.0, 0.22, 0.42, 0.85, fab),
+        ('box', -w / 2, -w / 2 + 0.2, 0.22, d, 0.42, 0.62, fab),
+        ('box', w / 2 - 0.2, w / 2, 0.22, d, 0.42, 0.62, fab),
+      ],
+      w,
+      d,
+    )
+  if name == 'chair':
+    w, d, s = rng.uniform(0.42, 0.52), rng.uniform(0.44, 0.52), rng.uniform(0.42, 0.48)
+    m = mat(_wood(rng) if rng.random() < 0.6 else _fabric(rng))
+    legs = [
+      ('box', x, x + 0.04, y, y + 0.04, 0.0, s, m)
+      for x in (-w / 2, w / 2 - 0.04)
+      for y in (0.0, d - 0.04)
+    ]
+    back = ('box', -w / 2, w / 2, 0.0, 0.05, s + 0.05, s + rng.uniform(0.4, 0.5), m)
+    return legs + [('box', -w / 2, w / 2, 0.0, d, s, s + 0.05, m), back], w, d
+  if name == 'table':
+    w, d, h = rng.uniform(0.9, 1.6), rng.uniform(0.65, 0.9), rng.uniform(0.72, 0.77)
+    m = mat(_wood(rng) if rng.random() < 0.8 else _ceramic(rng))
+    legs = [
+      ('box', x, x + 0.06, y, y + 0.06, 0.0, h - 0.04, m)
+      for x in (-w / 2 + 0.03, w / 2 - 0.09)
+      for y in (0.03, d - 0.09)
+    ]
+    return legs + [('box', -w / 2, w / 2, 0.0, d, h - 0.04, h, m)], w, d
+  if name == 'bookshelf':
+    w, d, h = rng.uniform(0.7, 1.2), rng.uniform(0.28, 0.4), rng.uniform(1.5, 2.0)
+    wood = _wood(rng)
+    m = mat(_Material(wood.color, wood.color2, BOOKS, rng.uniform(0.3, 0.4), _front(k)))
+    return [('box', -w / 2, w / 2, 0.0, d, 0.0, h, m)], w, d
+  if name == 'lamp':
+    hp, rs = rng.uniform(1.3, 1.6), rng.uniform(0.16, 0.24)
+    metal = mat(_Material(_color(rng, (0.25, 0.25, 0.27)), np.zeros(3), PLAIN, 0.5))
+    shade = mat(_Material(_color(rng, (0.98, 0.92, 0.75), 0.03), np.zeros(3), EMISSIVE))
+    y = 0.25
+    return (
+      [
+        ('cyl', 0.0, y, 0.15, 0.0, 0.03, metal),
+        ('cyl', 0.0, y, 0.018, 0.03, hp, metal),
+        ('cyl', 0.0, y, rs, hp, hp + rng.uniform(0.25, 0.35), shade),
+      ],
+      0.5,
+      0.5,
+    )
+  if name == 'sink':
+    w, d = rng.uniform(0.55, 0.9), rng.uniform(0.45, 0.55)
+    cab = mat(_wood(rng) if rng.random() < 0.5 else _ceramic(rng))
+    basin = mat(_Material(_color(rng, _WHITES[0], 0.02), np.full(3, 0.55), TUB, 0.0, (2, 1)))
+    metal = mat(_Material(np.full(3, 0.6, np.float32), np.zeros(3), PLAIN, 0.5))
+    return (
+      [
+        ('box', -w / 2, w / 2, 0.0, d, 0.0, 0.8, cab),
+        ('box', -w / 2 + 0.04, w / 2 - 0.04, 0.04, d - 0.02, 0.8, 0.9, basin),
+        ('cyl', 0.0, 0.08, 0.02, 0.9, 1.08, metal),
+      ],
+      w,
+      d,
+    )
+  if name == 'toilet':
+    white = mat(_ceramic(rng))
+    r = rng.uniform(0.17, 0.21)
+    return (
+      [
+        ('box', -0.2, 0.2, 0.0, 0.2, 0.38, rng.uniform(0.72, 0.8), white),
+        ('box', -0.12, 0.12, 0.12, 0.35, 0.0, 0.38, white),
+        ('cyl', 0.0, 0.22 + r, r, 0.0, 0.41, white),
+      ],
+      0.42,
+      0.22 + 2 * r,
+    )
+  if name == 'bathtub':
+    w, d, h = rng.uniform(1.5, 1.8), rng.uniform(0.7, 0.8), rng.uniform(0.5, 0.6)
+    inner = _color(rng, (0.62, 0.72, 0.78), 0.05)
+    m = mat(_Material(_color(rng, _WHITES[rng.integers(3)], 0.02), inner, TUB, 0.0, (2, 1)))
+    return [('box', -w / 2, w / 2, 0.0, d, 0.0, h, m)], w, d
+  raise ValueError(f'Unknown object class {name!r}.')
+
+
+def _place_on_table(rng: np.random.Generator, scene: _Scene, name: str, obj: int) -> bool:
+  """Stands a monitor or a small lamp on a free spot at the back of a table."""
+  free = [t for t in scene.tables if t[5] < 2]
+  if not free:
+    return False
+  t = free[rng.integers(len(free))]
+  origin, k, tw, td, th, used = t
+  t[5] = used + 1
+  slot = (-0.25 if used == 0 else 0.25) * tw
+  mat = scene.material
+  if name == 'monitor':
+    big = rng.random() < 0.3  # TV-sized.
+    w = rng.uniform(0.8, 1.2) if big else rng.uniform(0.45, 0.65)
+    w = min(w, tw * 0.9)
+    hs = w * rng.uniform(0.55, 0.65)
+    stand = mat(_Material(_color(rng, (0.15, 0.15, 0.16), 0.03), np.zeros(3), PLAIN, 0.5))
+    screen = mat(_framed(rng, k))
+    lift = rng.uniform(0.08, 0.16)
+    slot = float(np.clip(slot, -tw / 2 + w / 2, tw / 2 - w / 2))
+    parts = [
+      ('box', slot - 0.12, slot + 0.12, 0.05, 0.25, th, th + 0.02, stand),
+      ('box', slot - 0.03, slot + 0.03, 0.1, 0.14, th + 0.02, th + lift, stand),
+      ('box', slot - w / 2, slot + w / 2, 0.14, 0.18, th + lift, th + lift + hs, screen),
+    ]
+  else:
+    metal = mat(_Material(_color(rng, (0.3, 0.3, 0.32)), np.zeros(3), PLAIN, 0.5))
+    shade = mat(_Material(_color(rng, (0.98, 0.92, 0.75), 0.03), np.zeros(3), EMISSIVE))
+    hp = th + rng.uniform(0.3, 0.4)
+    parts = [
+      ('cyl', slot, 0.2, 0.08, th, th + 0.02, metal),
+      ('cyl', slot, 0.2, 0.012, th + 0.02, hp, metal),
+      ('cyl', slot, 0.2, 0.13, hp, hp + 0.2, shade),
+    ]
+  _add_parts(scene, parts, origin, k, obj)
+  return True
+
+
+def _place_on_wall(
+  rng: np.random.Generator, scene: _Scene, parts_fn: Any, w: float, z0: float, z1: float, obj: int
+) -> bool:
+  """Hangs a flat item (picture, window, door) on a wall where no other wall item is."""
+  for _ in range(20):
+    wall = int(rng.integers(4))
+    length = _wall_length(scene.size, wall)
+    if length < w + 0.4:
+      continue
+    s = rng.uniform(0.2 + w / 2, length - 0.2 - w / 2)
+    item = (wall, s - w / 2, s + w / 2, z0, z1)
+    clash = any(
+      o[0] == wall and item[1] < o[2] + 0.05 and o[1] < item[2] + 0.05 and z0 < o[4] and o[3] < z1
+      for o in scene.wall_items
+    )
+    if clash:
+      continue
+    k = (0, 1, 2, 3)[wall]
+    _add_parts(scene, parts_fn(k), _wall_origin(scene.size, wall, s), k, obj)
+    scene.wall_items.append(item)
+    return True
+  return False
+
+
+def _place_floor(
+  rng: np.random.Generator, scene: _Scene, name: str, obj: int, against_wall: bool
+) -> bool:
+  """Places a floor-standing object against a wall or free in the room, without overlaps."""
+  parts, w, d = _object_parts(rng, scene, name, 0)
+  height = max(p[6] if p[0] == 'box' else p[5] for p in parts)
+  for _ in range(30):
+    if against_wall:
+      wall = int(rng.integers(4))
+      length = _wall_length(scene.size, wall)
+      if length < w + 0.2:
+        continue
+      s = rng.uniform(0.05 + w / 2, length - 0.05 - w / 2)
+      k, origin = wall, _wall_origin(scene.size, wall, s)
+    else:
+      k = int(rng.integers(4))
+      centre = rng.uniform([0.8, 0.8], scene.size[:2] - 0.8)
+      dx, dy = _rotate(np.array(0.0), np.array(d / 2), k)
+      origin = centre - np.array([float(dx), float(dy)])
+    fp = _footprint(origin, k, w, d)
+    if fp[0] < 0 or fp[1] < 0 or fp[2] > scene.size[0] or fp[3] > scene.size[1]:
+      continue
+    if any(_overlaps(fp, o) for o in scene.footprints):
+      continue
+    if against_wall:
+      item = (wall, s - w / 2, s + w / 2, 0.0, height)
+      if any(
+        o[0] == wall and item[1] < o[2] and o[1] < item[2] and o[3] < height
+        for o in scene.wall_items
+      ):
+        continue
+      scene.wall_items.append(item)
+    for part in parts:
+      # Textured fronts (book spines) face the room whatever rotation was finally drawn.
+      m = scene.materials[part[-1]]
+      if m.pattern == BOOKS:
+        m.front = _front(k)
+    _add_parts(scene, parts, origin, k, obj)
+    scene.footprints.append(fp)
+    if name == 'table':
+      scene.tables.append([origin, k, w, d, height, 0])
+    return True
+  return False
+
+
+def _place_chair(rng: np.random.Generator, scene: _Scene, obj: int) -> bool:
+  """Places a chair facing a table side when there is a table, else free."""
+  if scene.tables and rng.random() < 0.85:
+    parts, w, d = _object_parts(rng, scene, 'chair', 0)
+    for _ in range(12):
+      origin_t, kt, tw, td, _, _ = scene.tables[rng.integers(len(scene.tables))]
+      side = int(rng.integers(4))
+      gap = rng.uniform(0.05, 0.25)
+      # Table-local point in front of one side, chair's +y towards the table.
+      if side == 0:
+        p, kc = (rng.uniform(-tw / 3, tw / 3), td + gap + d), 2
+      elif side == 1:
+        p, kc = (rng.uniform(-tw / 3, tw / 3), -gap - d), 0
+      elif side == 2:
+        p, kc = (tw / 2 + gap + d, td / 2), 1
+      else:
+        p, kc = (-tw / 2 - gap - d, td / 2), 3
+      px, py = _rotate(np.array(p[0]), np.array(p[1]), kt)
+      origin = origin_t + np.array([float(px), float(py)])
+      k = (kc + kt) % 4
+      fp = _footprint(origin, k, w, d)
+      if fp[0] < 0 or fp[1] < 0 or fp[2] > scene.size[0] or fp[3] > scene.size[1]:
+        continue
+      if any(_overlaps(fp, o, 0.02) for o in scene.footprints):
+        continue
+      _add_parts(scene, parts, origin, k, obj)
+      scene.footprints.append(fp)
+      return True
+  return _place_floor(rng, scene, 'chair', obj, against_wall=False)
+
+
+def _furnish(rng: np.random.Generator, scene_name: str) -> _Scene:
+  """Builds the room, its objects and some unlabelled clutter (door, window, rug)."""
+  size = np.array([rng.uniform(3.0, 5.5), rng.uniform(3.0, 5.5), rng.uniform(2.5, 3.0)])
+  scene = _Scene(size=size)
+  mat = scene.material
+  # Room materials (indices 0..2: floor, walls, ceiling) depend on the scene type.
+  floor_kind = rng.choice(
+    [WOOD, TILES, FABRIC],
+    p={
+      'bathroom': (0.1, 0.85, 0.05),
+      'kitchen': (0.35, 0.6, 0.05),
+      'office': (0.35, 0.15, 0.5),
+    }.get(scene_name, (0.55, 0.15, 0.3)),
+  )
+  if floor_kind == WOOD:
+    mat(_wood(rng))
+  elif floor_kind == TILES:
+    c = rng.uniform(0.3, 0.9, 3).astype(np.float32)
+    mat(_Material(c, c * 0.6, TILES, rng.uniform(0.2, 0.5)))
+  else:
+    mat(_Material(*(_color(rng, rng.uniform(0.2, 0.6, 3), 0.0),) * 2, FABRIC, 0.02))
+  wall = rng.uniform(0.55, 0.95, 3).astype(np.float32)
+  if scene_name == 'bathroom' and rng.random() < 0.5:
+    mat(_Material(wall, wall * 0.8, TILES, rng.uniform(0.15, 0.3)))
+  else:
+    mat(_Material(wall, wall, PLAIN, 1.0))
+  mat(_Material(np.full(3, 0.95, np.float32), np.zeros(3), PLAIN, 1.0))
+
+  # Clutter first so furniture avoids the door.
+  if rng.random() < 0.7:
+    door = mat(_wood(rng) if rng.random() < 0.6 else _ceramic(rng))
+    dw = rng.uniform(0.8, 0.95)
+    if _place_on_wall(
+      rng, scene, lambda k: [('box', -dw / 2, dw / 2, 0.0, 0.04, 0.0, 2.05, door)], dw, 0, 2.05, -1
+    ):
+      wall_i, s0, s1, _, _ = scene.wall_items[-1]
+      o = _wall_origin(size, wall_i, (s0 + s1) / 2)
+      scene.footprints.append(_footprint(o, wall_i, dw + 0.2, 0.8))
+  if rng.random() < 0.6:
+    glass = mat(_Material(_color(rng, (0.75, 0.85, 0.95), 0.04), np.zeros(3), EMISSIVE))
+    ww, z0 = rng.uniform(0.8, 1.4), rng.uniform(0.85, 1.1)
+    _place_on_wall(
+      rng, scene, lambda k: [('box', -ww / 2, ww / 2, 0.0, 0.03, z0, z0 + 1.1, glass)], ww, z0,
+      z0 + 1.1, -1,
+    )  # fmt: skip
+  if rng.random() < 0.4:
+    rug = mat(_fabric(rng))
+    rw, rd = rng.uniform(1.0, 2.0), rng.uniform(0.8, 1.5)
+    c = rng.uniform([1.0, 1.0], size[:2] - 1.0)
+    scene.boxes.append((np.array([c[0] - rw / 2, c[1] - rd / 2, 0.0]),
+                        np.array([c[0] + rw / 2, c[1] + rd / 2, 0.012]), rug, -1))  # fmt: skip
+
+  for name, prob, lo, hi in SCENE_OBJECTS[scene_name]:
+    if rng.random() >= prob:
+      continue
+    for _ in range(int(rng.integers(lo, hi + 1))):
+      obj = len(scene.labels)
+      label = CLASSES.index(name)
+      if name == 'monitor':
+        ok = _place_on_table(rng, scene, name, obj)
+      elif name == 'lamp' and scene.tables and rng.random() < 0.4:
+        ok = _place_on_table(rng, scene, name, obj)
+      elif name == 'lamp':
+        ok = _place_floor(rng, scene, name, obj, against_wall=True)
+      elif name == 'picture':
+        pw, ph = rng.uniform(0.4, 1.0), rng.uniform(0.3, 0.8)
+        zc = rng.uniform(1.3, 1.7)
+        m = mat(_framed(rng, 0))
+        k_holder = {}
+
+        def picture(k, pw=pw, ph=ph, zc=zc, m=m, k_holder=k_holder):
+          k_holder['k'] = k
+          return [('box', -pw / 2, pw / 2, 0.0, 0.03, zc - ph / 2, zc + ph / 2, m)]
+
+        ok = _place_on_wall(rng, scene, picture, pw, zc - ph / 2, zc + ph / 2, obj)
+        if ok:
+          scene.materials[m].front = _front(k_holder['k'])
+      elif name == 'chair':
+        ok = _place_chair(rng, scene, obj)
+      else:
+        against = name != 'table' or scene_name == 'office' or rng.random() < 0.3
+        ok = _place_floor(rng, scene, name, obj, against_wall=against)
+      if ok:
+        scene.labels.append(label)
+  return scene
+
+
+def _camera(
+  rng: np.random.Generator, scene: _Scene
+) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
+  """Picks a camera position and rotation (columns: camera x, y, z axes in world)."""
+  size = scene.size
+  centres = [(b[0] + b[1]) / 2 for b in scene.boxes if b[3] >= 0]
+  target = centres[rng.integers(len(centres))] if centres else size / 2
+  for _ in range(40):
+    pos = np.array([*rng.uniform([0.3, 0.3], size[:2] - 0.3), rng.uniform(1.1, 1.7)])
+    if any(
+      o[0] - 0.3 < pos[0] < o[2] + 0.3 and o[1] - 0.3 < pos[1] < o[3] + 0.3
+      for o in scene.footprints
+    ):
+      continue
+    dist = np.linalg.norm(target[:2] - pos[:2])
+    if 1.3 < dist < 4.5:
+      break
+  else:
+    return None, None
+  delta = target - pos
+  yaw = np.arctan2(delta[1], delta[0]) + rng.normal(0, np.radians(12))
+  pitch = np.arctan2(delta[2], np.linalg.norm(delta[:2])) + rng.normal(0, np.radians(5))
+  pitch = np.clip(pitch, np.radians(-45), np.radians(5))
+  roll = rng.normal(0, np.radians(2))
+  fwd = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
+  right = np.cross(fwd, [0.0, 0.0, 1.0])
+  right /= np.linalg.norm(right)
+  down = np.cross(fwd, right)
+  c, s = np.cos(roll), np.sin(roll)
+  right, down = c * right + s * down, -s * right + c * down
+  return pos, np.stack([right, down, fwd], axis=1)
+
+
+def _hash(ix: np.ndarray, iy: np.ndarray, seed: np.ndarray) -> np.ndarray:
+  """Deterministic integer hash of lattice points to floats in [0, 1)."""
+  h = ix.astype(np.int64) * 73856093 ^ iy.astype(np.int64) * 19349663 ^ seed * 83492791
+  h = (h ^ (h >> 13)) * 1274126177
+  h = h ^ (h >> 16)
+  return (h & 0xFFFF).astype(np.float32) / 65536.0
+
+
+def _value_noise(u: np.ndarray, v: np.ndarray, seed: np.ndarray) -> np.ndarray:
+  """Smooth value noise in [0, 1) with unit lattice spacing."""
+  iu, iv = np.floor(u), np.floor(v)
+  fu, fv = u - iu, v - iv
+  fu, fv = fu * fu * (3 - 2 * fu), fv * fv * (3 - 2 * fv)
+  iu, iv = iu.astype(np.int64), iv.astype(np.int64)
+  a, b = _hash(iu, iv, seed), _hash(iu + 1, iv, seed)
+  c, d = _hash(iu, iv + 1, seed), _hash(iu + 1, iv + 1, seed)
+  return (a * (1 - fu) + b * fu) * (1 - fv) + (c * (1 - fu) + d * fu) * fv
+
+
+def _pixel_rect(
+  corners: np.ndarray, pos: np.ndarray, rot: np.ndarray, focal: float, height: int, width: int
+) -> tuple[int, int, int, int]:
+  """Pixel rectangle `(y0, y1, x0, x1)` that contains the projection of a primitive."""
+  cam = (corners - pos) @ rot
+  if (cam[:, 2] < 0.02).any():  # Crosses the camera plane: test every ray.
+    return 0, height, 0, width
+  u = cam[:, 0] / cam[:, 2] * focal + width / 2
+  v = cam[:, 1] / cam[:, 2] * focal + height / 2
+  x0, x1 = int(max(np.floor(u.min()) - 1, 0)), int(min(np.ceil(u.max()) + 1, width))
+  y0, y1 = int(max(np.floor(v.min()) - 1, 0)), int(min(np.ceil(v.max()) + 1, height))
+  return y0, max(y1, y0), x0, max(x1, x0)
+
+
+def _trace(
+  pos: np.ndarray, dirs: np.ndarray, rot: np.ndarray, focal: float, scene: _Scene
+) -> dict[str, np.ndarray]:
+  """Casts rays `pos + t * dirs`; t is the camera-frame depth since dirs have z_cam = 1.
+
+  Each primitive is only tested against the rays inside the bounding rectangle of its
+  projection, which keeps small parts (chair legs) cheap.
+
+  Args:
+    pos: camera centre in world coordinates.
+    dirs: `[H, W, 3]` world ray directions (camera z component 1).
+    rot: camera rotation (columns: camera axes in world).
+    focal: focal length in pixels.
+    scene: the furnished room.
+
+  Returns:
+    `t` `[H, W]` depth, `prim` `[H, W]` primitive index (boxes, then cylinders; room
+    faces -1 - axis) and `unoccluded` `[num_objects]` pixels each object would cover alone.
+  """
+  height, width, _ = dirs.shape
+  safe = np.where(np.abs(dirs) < 1e-9, 1e-9, dirs).astype(np.float32)
+  inv = 1.0 / safe
+  o = pos.astype(np.float32)
+  # Room interior: the ray leaves through the face where the exit distance is smallest.
+  exits = np.where(safe > 0, scene.size.astype(np.float32) - o, -o) * inv
+  axis = np.argmin(exits, axis=-1)
+  best_t = np.take_along_axis(exits, axis[..., None], -1)[..., 0]
+  best = (-1 - axis).astype(np.int64)
+  num_objects = len(scene.labels)
+  cover = np.zeros((num_objects + 1, height, width), bool)  # Last row: unlabelled clutter.
+  prims = [('box', b[0], b[1], b[3]) for b in scene.boxes]
+  prims += [('cyl', c, None, c[6]) for c in scene.cylinders]
+  for i, (kind, a, b, obj) in enumerate(prims):
+    if kind == 'box':
+      corners = np.array(
+        [[x, y, z] for x in (a[0], b[0]) for y in (a[1], b[1]) for z in (a[2], b[2])]
+      )
+    else:
+      cx, cy, r, z0, z1 = a[:5]
+      corners = np.array(
+        [[x, y, z] for x in (cx - r, cx + r) for y in (cy - r, cy + r) for z in (z0, z1)]
+      )
+    y0, y1, x0, x1 = _pixel_rect(corners, pos, rot, focal, height, width)
+    if y1 <= y0 or x1 <= x0:
+      continue
+    d, iv = dirs[y0:y1, x0:x1], inv[y0:y1, x0:x1]
+    if kind == 'box':
+      tnear = np.full(d.shape[:2], -np.inf, np.float32)
+      tfar = np.full(d.shape[:2], np.inf, np.float32)
+      for ax in range(3):
+        t1 = (np.float32(a[ax]) - o[ax]) * iv[..., ax]
+        t2 = (np.float32(b[ax]) - o[ax]) * iv[..., ax]
+        np.maximum(tnear, np.minimum(t1, t2), out=tnear)
+        np.minimum(tfar, np.maximum(t1, t2), out=tfar)
+      hit = (tnear <= tfar) & (tnear > _EPS)
+      t = tnear
+    else:
+      dx, dy, dz = d[..., 0], d[..., 1], safe[y0:y1, x0:x1, 2]
+      ox, oy = np.float32(o[0] - cx), np.float32(o[1] - cy)
+      qa = np.maximum(dx * dx + dy * dy, 1e-12)
+      qb = 2 * (dx * ox + dy * oy)
+      qc = ox * ox + oy * oy - r * r
+      disc = qb * qb - 4 * qa * qc
+      ts = (-qb - np.sqrt(np.maximum(disc, 0))) / (2 * qa)
+      zs = o[2] + ts * dz
+      t = np.where((disc > 0) & (ts > _EPS) & (zs >= z0) & (zs <= z1), ts, np.inf)
+      for zc in (z0, z1):
+        tc = (np.float32(zc) - o[2]) / dz
+        px, py = ox + tc * dx, oy + tc * dy
+        t = np.where((tc > _EPS) & (px * px + py * py <= r * r) & (tc < t), tc, t)
+      hit = np.isfinite(t)
+    cover[obj, y0:y1, x0:x1] |= hit
+    sub_t, sub_p = best_t[y0:y1, x0:x1], best[y0:y1, x0:x1]
+    closer = hit & (t < sub_t)
+    sub_t[closer] = t[closer]
+    sub_p[closer] = i
+  return {
+    't': best_t.reshape(-1),
+    'prim': best.reshape(-1),
+    'unoccluded': cover[:num_objects].reshape(num_objects, height * width).sum(1),
+  }
+
+
+def _surface(
+  origin: np.ndarray, dirs: np.ndarray, trace: dict[str, np.ndarray], scene: _Scene
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+  """World hit points, world normals, materials, face axes and texture coordinates."""
+  t, prim = trace['t'], trace['prim']
+  p = origin.astype(np.float32)[None] + t[:, None] * dirs
+  n = len(t)
+  normal = np.zeros((n, 3), np.float32)
+  material = np.zeros(n, np.int64)
+  # Room faces.
+  room = prim < 0
+  axis = np.where(room, -1 - prim, 0)
+  rr = np.nonzero(room)[0]
+  sgn = -np.sign(dirs[rr, axis[rr]])
+  normal[rr, axis[rr]] = sgn
+  material[rr] = np.where(axis[rr] == 2, np.where(sgn > 0, 0, 2), 1)
+  nb = len(scene.boxes)
+  bi = np.nonzero((prim >= 0) & (prim < nb))[0]
+  if len(bi):
+    lo = np.stack([b[0] for b in scene.boxes])[prim[bi]]
+    hi = np.stack([b[1] for b in scene.boxes])[prim[bi]]
+    dist = np.abs(np.concatenate([p[bi] - lo, hi - p[bi]], axis=1))
+    face = np.argmin(dist, axis=1)
+    axis[bi] = face % 3
+    normal[bi, face % 3] = np.where(face >= 3, 1.0, -1.0)
+    material[bi] = np.array([b[2] for b in scene.boxes])[prim[bi]]
+  ci = np.nonzero(prim >= nb)[0]
+  if len(ci):
+    cyl = np.array([c[:6] for c in scene.cylinders])[prim[ci] - nb]
+    cx, cy, r, z0, z1, m = cyl.T
+    material[ci] = m.astype(np.int64)
+    top, bot = np.abs(p[ci, 2] - z1) < 1e-3, np.abs(p[ci, 2] - z0) < 1e-3
+    radial = np.stack([(p[ci, 0] - cx) / r, (p[ci, 1] - cy) / r, np.zeros_like(r)], 1)
+    cap = np.stack([np.zeros_like(r), np.zeros_like(r), np.where(top, 1.0, -1.0)], 1)
+    normal[ci] = np.where((top | bot)[:, None], cap, radial)
+    axis[ci] = np.where(top | bot, 2, 0)
+  # Texture coordinates: the two world axes spanning the face (vertical faces: along, up).
+  tu = np.where(axis == 2, 0, 1 - axis)
+  tv = np.where(axis == 2, 1, 2)
+  u = np.take_along_axis(p, tu[:, None], 1)[:, 0]
+  v = np.take_along_axis(p, tv[:, None], 1)[:, 0]
+  if len(ci):
+    ang = np.arctan2(p[ci, 1] - cyl[:, 1], p[ci, 0] - cyl[:, 0])
+    u[ci] = np.where(axis[ci] == 0, ang * cyl[:, 2], u[ci])
+  return p, normal, material, axis, np.stack([u, v], 1)
+
+
+def _face_fraction(
+  p: np.ndarray, axis: np.ndarray, prim: np.ndarray, scene: _Scene
+) -> tuple[np.ndarray, np.ndarray]:
+  """Hit position within its box face as fractions in [0, 1] (u along, v up or across)."""
+  fu = np.zeros(len(p), np.float32)
+  fv = np.zeros(len(p), np.float32)
+  nb = len(scene.boxes)
+  sel = np.nonzero((prim >= 0) & (prim < nb))[0]
+  if len(sel):
+    lo = np.stack([b[0] for b in scene.boxes])[prim[sel]]
+    hi = np.stack([b[1] for b in scene.boxes])[prim[sel]]
+    frac = (p[sel] - lo) / np.maximum(hi - lo, 1e-6)
+    a = axis[sel]
+    tu = np.where(a == 2, 0, 1 - a)
+    tv = np.where(a == 2, 1, 2)
+    fu[sel] = np.take_along_axis(frac, tu[:, None], 1)[:, 0]
+    fv[sel] = np.take_along_axis(frac, tv[:, None], 1)[:, 0]
+  return fu, fv
+
+
+def _albedo(
+  p: np.ndarray,
+  normal: np.ndarray,
+  material: np.ndarray,
+  axis: np.ndarray,
+  uv: np.ndarray,
+  prim: np.ndarray,
+  scene: _Scene,
+  seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+  """Per-pixel albedo and an emissive flag from the material patterns."""
+  mats = scene.materials
+  c1 = np.array([m.color for m in mats], np.float32)[material]
+  c2 = np.array([m.color2 for m in mats], np.float32)[material]
+  pattern = np.array([m.pattern for m in mats])[material]
+  scale = np.array([m.scale for m in mats], np.float32)[material]
+  mseed = material + seed * 1000
+  u, v = uv[:, 0], uv[:, 1]
+  out = c1 * (0.9 + 0.2 * _value_noise(u * 2.0, v * 2.0, mseed))[:, None]
+  for pat in (WOOD, FABRIC, TILES, BOOKS, FRAMED, TUB):
+    sel = np.nonzero(pattern == pat)[0]
+    if not len(sel):
+      continue
+    su, sv, s = u[sel], v[sel], np.maximum(scale[sel], 1e-3)
+    a, b = c1[sel], c2[sel]
+    ms = mseed[sel]
+    if pat == WOOD:
+      warp = _value_noise(su * 3, sv * 0.7, ms) * 3
+      w = 0.5 + 0.5 * np.sin((su + sv * 0.1) / s * 2 * np.pi + warp)
+      col = a * (1 - w[:, None]) + b * w[:, None]
+    elif pat == FABRIC:
+      fine = _hash(np.floor(su / s * 2).astype(np.int64), np.floor(sv / s * 2).astype(np.int64), ms)
+      w = 0.7 + 0.3 * _value_noise(su / s * 0.2, sv / s * 0.2, ms)
+      col = (a * w[:, None] + (b - a) * 0.3 * fine[:, None]) * (0.9 + 0.15 * fine[:, None])
+    elif pat == TILES:
+      fu, fv = su / s - np.floor(su / s), sv / s - np.floor(sv / s)
+      grout = (fu < 0.05) | (fv < 0.05)
+      tint = 0.9 + 0.15 * _hash(
+        np.floor(su / s).astype(np.int64), np.floor(sv / s).astype(np.int64), ms
+      )
+      col = np.where(grout[:, None], b, a * tint[:, None])
+    else:
+      m_axis = np.array([m.front[0] for m in mats])[material[sel]]
+      m_sign = np.array([m.front[1] for m in mats])[material[sel]]
+      on_front = (axis[sel] == m_axis) & (np.sign(normal[sel, np.maximum(m_axis, 0)]) == m_sign)
+      fu, fv = _face_fraction(p[sel], axis[sel], prim[sel], scene)
+      if pat == BOOKS:
+        shelf = sv / s - np.floor(sv / s)
+        book = np.floor(su / 0.045).astype(np.int64) + 997 * np.floor(sv / s).astype(np.int64)
+        h = _hash(book, book * 7 + 3, ms)
+        book_col = np.stack([_hash(book, ms * 0 + k, ms) for k in range(3)], 1) * 0.8 + 0.1
+        inside = (fu > 0.04) & (fu < 0.96) & (fv > 0.02) & (fv < 0.98)
+        is_book = inside & (shelf > 0.08) & (shelf < 0.55 + 0.4 * h)
+        dark = inside & (shelf > 0.08)
+        col = np.where(is_book[:, None], book_col, np.where(dark[:, None], a * 0.25, a))
+        col = np.where(on_front[:, None], col, a)
+      elif pat == FRAMED:
+        border = (fu < 0.07) | (fu > 0.93) | (fv < 0.07) | (fv > 0.93)
+        cells = np.stack(
+          [_hash(np.floor(fu * 3).astype(np.int64), np.floor(fv * 3).astype(np.int64), ms + k) for k in range(3)], 1
+        )  # fmt: skip
+        grad = _value_noise(fu * 4, fv * 4, ms)[:, None]
+        content = a * 0.4 + cells * 0.4 + grad * 0.2
+        col = np.where((border | ~on_front)[:, None], b, content)
+      else:  # TUB: a rim and a recessed inner colour on the top face.
+        inner = (fu > 0.09) & (fu < 0.91) & (fv > 0.12) & (fv < 0.88) & on_front
+        col = np.where(inner[:, None], b, a)
+    out[sel] = col * (0.92 + 0.16 * _value_noise(su * 4, sv * 4, ms + 7))[:, None]
+  return np.clip(out, 0, 1), pattern == EMISSIVE
+
+
+def render_scene(
+  rng: np.random.Generator, height: int, width: int, scene_type: int | None = None
+) -> dict[str, np.ndarray]:
+  """Renders one random room.
+
+  Args:
+    rng: the only source of randomness (so a seed fixes the example).
+    height: image height in pixels.
+    width: image width in pixels.
+    scene_type: index into `SCENES`; drawn uniformly when None.
+
+  Returns:
+    A dict with `image` uint8 `[H, W, 3]`, `depth` float32 `[H, W]` (metres, camera z),
+    `normals` float32 `[H, W, 3]` (camera frame, unit), `normals_mask` bool `[H, W]`,
+    `instances` int32 `[H, W]` (object index or -1), `scene` int, `boxes` float32
+    `[M, 4]` normalised `[ymin, xmin, ymax, xmax]`, `labels` int64 `[M]` (index into
+    `CLASSES`), `box_instances` int32 `[M]` (the instance id of each box).
+  """
+  if scene_type is None:
+    scene_type = int(rng.integers(len(SCENES)))
+  for attempt in range(8):
+    scene = _furnish(rng, SCENES[scene_type])
+    pos, rot = _camera(rng, scene)
+    if pos is None:
+      # No free spot at a sensible distance: stand in the middle, look along x.
+      pos = np.array([*(scene.size[:2] / 2), 1.4])
+      rot = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    out = _render(rng, scene, pos, rot, height, width)
+    # Re-draw the few views that show no labelled object at all (empty rooms teach little).
+    if len(out['labels']) or attempt == 7:
+      break
+  out['scene'] = scene_type
+  return out
+
+
+def _render(
+  rng: np.random.Generator,
+  scene: _Scene,
+  pos: np.ndarray,
+  rot: np.ndarray,
+  height: int,
+  width: int,
+) -> dict[str, Any]:
+  """Ray-casts, shades and labels one view."""
+  focal = 0.82 * width  # About 63 degrees of horizontal field of view, like Kinect.
+  ys, xs = np.meshgrid(
+    np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing='ij'
+  )
+  cam = np.stack(
+    [(xs + 0.5 - width / 2) / focal, (ys + 0.5 - height / 2) / focal, np.ones_like(xs)], -1
+  ).reshape(-1, 3)
+  dirs = cam @ rot.T.astype(np.float32)
+  tr = _trace(pos, dirs.reshape(height, width, 3), rot, focal, scene)
+  p, normal, material, axis, uv = _surface(pos, dirs, tr, scene)
+  albedo, emissive = _albedo(
+    p, normal, material, axis, uv, tr['prim'], scene, int(rng.integers(1 << 20))
+  )
+  # Shading: a ceiling light with fall-off, a weak fill from the camera, ambient.
+  light = np.array([*(rng.uniform(0.3, 0.7, 2) * scene.size[:2]), scene.size[2] - 0.1], np.float32)
+  to_l = light - p
+  dist2 = (to_l * to_l).sum(1)
+  lambert = np.maximum((normal * to_l).sum(1) / np.sqrt(dist2 + 1e-9), 0)
+  dn = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+  fill = np.maximum(-(normal * dn).sum(1), 0)
+  shade = rng.uniform(0.25, 0.4) + rng.uniform(0.6, 0.9) * lambert / (1 + 0.06 * dist2)
+  shade = shade + 0.2 * fill
+  tint = rng.uniform(0.9, 1.1, 3)
+  rgb = albedo * shade[:, None] * tint
+  rgb = np.where(emissive[:, None], albedo, rgb)
+  noise = rng.standard_normal((height, width, 3), np.float32) * rng.uniform(0.01, 0.03)
+  rgb = rgb.reshape(height, width, 3) + noise
+  image = (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+  # Labels: tight boxes of visible pixels; drop tiny and heavily occluded instances.
+  obj_of_prim = np.array(
+    [b[3] for b in scene.boxes] + [c[6] for c in scene.cylinders] or [0], np.int64
+  )
+  prim = tr['prim']
+  inst = np.where(prim >= 0, obj_of_prim[np.maximum(prim, 0)], -1).reshape(height, width)
+  boxes, labels, ids = [], [], []
+  for obj, label in enumerate(scene.labels):
+    unoccluded = tr['unoccluded'][obj]
+    mask = inst == obj
+    visible = mask.sum()
+    if visible == 0 or visible < MIN_VISIBLE_FRACTION * unoccluded:
+      continue
+    if visible < MIN_AREA * height * width:
+      continue
+    rows = np.nonzero(mask.any(1))[0]
+    cls = np.nonzero(mask.any(0))[0]
+    box = np.array(
+      [rows[0] / height, cls[0] / width, (rows[-1] + 1) / height, (cls[-1] + 1) / width],
+      np.float32,
+    )
+    if box[2] - box[0] < MIN_SIDE or box[3] - box[1] < MIN_SIDE:
+      continue
+    boxes.append(box)
+    labels.append(label)
+    ids.append(obj)
+  normals_cam = (normal @ rot).astype(np.float32).reshape(height, width, 3)
+  return {
+    'image': image,
+    'depth': tr['t'].reshape(height, width).astype(np.float32),
+    'normals': normals_cam,
+    'normals_mask': np.ones((height, width), bool),
+    'instances': inst.astype(np.int32),
+    'boxes': np.array(boxes, np.float32).reshape(-1, 4),
+    'labels': np.array(labels, np.int64),
+    'box_instances': np.array(ids, np.int32),
+  }

@@ -1,0 +1,390 @@
+"""tf.data input pipelines: TFDS examples -> fixed-shape, device-ready host batches.
+
+Batch contract (docs/DESIGN.md, "Data"): `image` `[B, H, W, 3]` float32 ImageNet-
+normalised; `box_targets` `[B, A, 4]`, `cls_targets` `[B, A]` (from
+`rock_jax.matching.match_and_encode` against `rock_jax.boxes.default_boxes`); `scene`
+`[B]`; `depth`, `depth_mask`, `normals_mask` `[B, h, w]` and `normals` `[B, h, w, 3]` at
+the conv5 grid `(ceil(H / s), ceil(W / s))`; presence flags `has_scene`, `has_depth`,
+`has_normals` `[B]` (per example, so mixtures of datasets with different annotations
+work). Evaluation batches add `image_id`, `orig_size`, `gt_boxes`, `gt_labels`,
+`gt_mask` (padded to `data.max_boxes`) and `valid` (0 for padding examples).
+
+Determinism and resuming: the training stream is a pure function of `(config, seed,
+process_index, process_count)`. Each dataset's stream is a sequence of epochs, epoch `e`
+shuffled with a seed derived from `(seed, e)`; each example's augmentation seed is
+derived from `(seed, dataset, position in that dataset's stream)`; a mixture picks the
+dataset of element `i` from a stateless draw seeded by `(seed, i // 1024)`. So
+`create_train_dataset(..., start_step=N)` rebuilds the same stream from batch N on:
+it counts how many elements each dataset had contributed (cheap, no decoding), starts
+each dataset at the right epoch and skips the rest of that epoch *before* decoding and
+augmenting. Restarting a trainer at step N with `start_step=N` gives the same batches
+as an uninterrupted run.
+
+Sharding: host `i` of `P` reads the contiguous slice `[i * n, (i + 1) * n)` of the
+(fraction of the) split (TFDS sub-split strings, the same as `tfds.even_splits`); train
+drops the remainder so every host has `n` examples; evaluation spreads the remainder and
+pads every host to the same number of batches.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from rock_jax import augment, boxes, matching
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Dense maps are resampled (nearest) to DENSE_FACTOR x the conv5 grid, then each
+# DENSE_FACTOR x DENSE_FACTOR block's valid samples are averaged (area average).
+DENSE_FACTOR = 4
+_MIX_BLOCK = 1024  # Mixture choices are drawn in blocks of this many elements.
+_LAZY_KEYS = ('image', 'depth', 'normals', 'normals_mask')  # Decoded after shuffle/skip.
+
+Batch = dict[str, tf.Tensor]
+
+
+def get_builder(
+  name: str,
+  builder_config: str | None = None,
+  *,
+  data_dir: str | None = None,
+  manual_dir: str | None = None,
+) -> tfds.core.DatasetBuilder:
+  """Returns a prepared TFDS builder of `rock_jax.datasets`, building it if needed.
+
+  `synthetic_rooms` renders locally; the other datasets build from `manual_dir`.
+
+  Args:
+    name: 'nyuv2', 'mlt', 'cityscapes' or 'synthetic_rooms'.
+    builder_config: the builder config name (None: the builder's default).
+    data_dir: TFDS data directory (None: the TFDS default).
+    manual_dir: directory of the original files, for builders that need them.
+
+  Returns:
+    The prepared builder.
+  """
+  try:
+    importlib.import_module(f'rock_jax.datasets.{name}')  # Registers the builder.
+  except ModuleNotFoundError:
+    pass  # Registered elsewhere (e.g. by a test); tfds.builder fails if not.
+  full = f'{name}/{builder_config}' if builder_config else name
+  builder = tfds.builder(full, data_dir=data_dir)
+  if not builder.is_prepared():
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+        manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
+      )
+    )
+  return builder
+
+
+def conv5_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
+  """The dense target grid `(ceil(H / s), ceil(W / s))` for the model's input size."""
+  stride = config.model.backbone.output_stride
+  h, w = config.data.image_size
+  return math.ceil(h / stride), math.ceil(w / stride)
+
+
+def _host(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # Imported lazily: the pipeline itself does not need JAX.
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
+  return process_index, process_count
+
+
+def _host_slice(
+  split: str, total: int, index: int, count: int, drop_remainder: bool
+) -> tuple[str, int]:
+  """Sub-split string and size of host `index`'s contiguous share of `split[:total]`."""
+  base, rem = divmod(total, count)
+  if drop_remainder:
+    start, size = index * base, base
+  else:
+    start, size = index * base + min(index, rem), base + (index < rem)
+  return f'{split}[{start}:{start + size}]', size
+
+
+def _decode(raw: Mapping[str, Any], features: tfds.features.FeaturesDict) -> dict[str, tf.Tensor]:
+  """Decodes the lazily read fields and renames to the augmentation's example dict."""
+  ex = {}
+  for key in _LAZY_KEYS:
+    if key in raw:
+      ex[key] = features[key].decode_example(raw[key])
+  ex['boxes'] = tf.reshape(tf.cast(raw['objects']['bbox'], tf.float32), [-1, 4])
+  ex['labels'] = tf.cast(raw['objects']['label'], tf.int32) + 1  # 0 is background.
+  return ex
+
+
+def _area_average(values: tf.Tensor, valid: tf.Tensor, factor: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """Averages valid samples over `factor x factor` blocks: `[kh, kw, C]` -> `[h, w, C]`."""
+  kh, kw, c = values.shape
+  v = tf.cast(valid, tf.float32)[..., None]
+  blocks = tf.reshape(values * v, [kh // factor, factor, kw // factor, factor, c])
+  counts = tf.reshape(v, [kh // factor, factor, kw // factor, factor, 1])
+  total = tf.reduce_sum(blocks, axis=[1, 3])
+  count = tf.reduce_sum(counts, axis=[1, 3])
+  return total / tf.maximum(count, 1.0), count[..., 0] > 0
+
+
+def _targets(
+  ex: Mapping[str, tf.Tensor],
+  raw: Mapping[str, Any],
+  *,
+  config: ml_collections.ConfigDict,
+  anchors: np.ndarray,
+  grid: tuple[int, int],
+) -> Batch:
+  """Normalised image, box targets, dense targets and presence flags of one example."""
+  data = config.data
+  h, w = grid
+  image = (ex['image'] - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  num = tf.minimum(tf.shape(ex['boxes'])[0], data.max_boxes)
+  pad = [[0, data.max_boxes - num]]
+  gt_boxes = tf.pad(ex['boxes'][:num], pad + [[0, 0]])
+  gt_labels = tf.pad(ex['labels'][:num], pad)
+  gt_mask = tf.range(data.max_boxes) < num
+  gt_boxes = tf.ensure_shape(gt_boxes, [data.max_boxes, 4])
+  gt_labels = tf.ensure_shape(gt_labels, [data.max_boxes])
+  box_t, cls_t = matching.match_and_encode(
+    gt_boxes,
+    gt_labels,
+    gt_mask,
+    anchors,
+    pos_iou=config.loss.match_pos_iou,
+    neg_iou=config.loss.match_neg_iou,
+    variances=tuple(config.model.ssd.variances),
+  )
+  out = {
+    'image': tf.ensure_shape(tf.cast(image, tf.float32), [*data.image_size, 3]),
+    'box_targets': box_t,
+    'cls_targets': tf.cast(cls_t, tf.int32),
+    'gt_boxes': gt_boxes,
+    'gt_labels': gt_labels,
+    'gt_mask': gt_mask,
+  }
+  if 'scene' in raw:
+    out['scene'] = tf.cast(raw['scene'], tf.int32)
+    out['has_scene'] = tf.constant(1.0)
+  else:
+    out['scene'] = tf.constant(0, tf.int32)
+    out['has_scene'] = tf.constant(0.0)
+  if 'depth' in ex:
+    depth, valid = _area_average(ex['depth'][..., None], ex['depth'] > 0, DENSE_FACTOR)
+    out['depth'], out['depth_mask'] = depth[..., 0], tf.cast(valid, tf.float32)
+    out['has_depth'] = tf.constant(1.0)
+  else:
+    out['depth'], out['depth_mask'] = tf.zeros([h, w]), tf.zeros([h, w])
+    out['has_depth'] = tf.constant(0.0)
+  if 'normals' in ex:
+    mask = ex.get('normals_mask', tf.ones(tf.shape(ex['normals'])[:2], tf.bool))
+    normals, valid = _area_average(ex['normals'], mask, DENSE_FACTOR)
+    normals = tf.math.divide_no_nan(normals, tf.norm(normals, axis=-1, keepdims=True))
+    out['normals'], out['normals_mask'] = normals, tf.cast(valid, tf.float32)
+    out['has_normals'] = tf.constant(1.0)
+  else:
+    out['normals'], out['normals_mask'] = tf.zeros([h, w, 3]), tf.zeros([h, w])
+    out['has_normals'] = tf.constant(0.0)
+  return out
+
+
+def _epoch_stream(
+  base: tf.data.Dataset, size: int, seed: tf.Tensor, buffer: int, start: int
+) -> tf.data.Dataset:
+  """Infinite `(position, raw)` stream of shuffled epochs, from element `start` on."""
+  first_epoch, offset = divmod(start, size)
+
+  def epoch(e: tf.Tensor) -> tf.data.Dataset:
+    epoch_seed = seed * 1_000_003 + e  # A different, reproducible order per epoch.
+    return base.shuffle(min(buffer, size), seed=epoch_seed, reshuffle_each_iteration=False)
+
+  epochs = tf.data.Dataset.range(first_epoch, np.iinfo(np.int64).max).flat_map(epoch)
+  return epochs.enumerate(start=first_epoch * size).skip(offset)
+
+
+def _mixture_choices(weights: Sequence[float], seed: int, block: int) -> tf.Tensor:
+  """Dataset indices of elements `[block * B, (block + 1) * B)` of a mixture."""
+  cum = tf.constant(np.cumsum(weights) / np.sum(weights), tf.float32)
+  u = tf.random.stateless_uniform([_MIX_BLOCK], tf.stack([tf.constant(seed, tf.int64), block]))
+  index = tf.minimum(tf.searchsorted(cum, u, side='right'), len(weights) - 1)
+  return tf.cast(index, tf.int64)
+
+
+def _sources(config: ml_collections.ConfigDict) -> list[tuple[str, str | None, float]]:
+  data = config.data
+  sources = [(data.name, data.builder_config, float(data.weight))]
+  sources += [(n, c, float(wt)) for n, c, wt in data.mixture]
+  return sources
+
+
+def create_train_dataset(
+  config: ml_collections.ConfigDict,
+  *,
+  seed: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+  start_step: int = 0,
+) -> tf.data.Dataset:
+  """Infinite, augmented training batches of this host.
+
+  Args:
+    config: the experiment config (uses `data`, `model`, `loss`, `train.batch_size`).
+    seed: run seed (data order, mixture draws and augmentation).
+    process_index: this host (default `jax.process_index()`).
+    process_count: number of hosts (default `jax.process_count()`).
+    start_step: first batch to produce; the stream from there equals an uninterrupted
+      run's (for resuming a trainer).
+
+  Returns:
+    A dataset of host batches of `config.train.batch_size // process_count` examples.
+  """
+  index, count = _host(process_index, process_count)
+  data = config.data
+  host_batch = config.train.batch_size // count
+  if host_batch < 1:
+    raise ValueError(f'train.batch_size {config.train.batch_size} < {count} processes.')
+  image_size = tuple(data.image_size)
+  grid = conv5_size(config)
+  dense_size = (grid[0] * DENSE_FACTOR, grid[1] * DENSE_FACTOR)
+  anchors = boxes.default_boxes(config.model, image_size)
+  sources = _sources(config)
+  start = start_step * host_batch
+  # Elements each dataset has already contributed before `start`.
+  if len(sources) == 1:
+    consumed = [start]
+  else:
+    weights = [w for _, _, w in sources]
+    counts = np.zeros(len(sources), np.int64)
+    for block in range(start // _MIX_BLOCK):
+      counts += np.bincount(_mixture_choices(weights, seed, block).numpy(), minlength=len(sources))
+    rest = _mixture_choices(weights, seed, start // _MIX_BLOCK).numpy()[: start % _MIX_BLOCK]
+    consumed = list(counts + np.bincount(rest, minlength=len(sources)))
+
+  streams = []
+  for k, (name, builder_config, _) in enumerate(sources):
+    builder = get_builder(name, builder_config, data_dir=data.data_dir, manual_dir=data.manual_dir)
+    split = data.train_split if k == 0 else 'train'
+    total = builder.info.splits[split].num_examples
+    if k == 0:
+      total = max(1, int(round(total * data.train_fraction)))
+    shard, size = _host_slice(split, total, index, count, drop_remainder=True)
+    if size == 0:
+      raise ValueError(f'{name}: {total} training examples for {count} processes.')
+    features = builder.info.features
+    decoders = {key: tfds.decode.SkipDecoding() for key in _LAZY_KEYS if key in features}
+    base = builder.as_dataset(split=shard, shuffle_files=False, decoders=decoders)
+    source_seed = seed * 100 + k
+    stream = _epoch_stream(
+      base, size, tf.constant(source_seed, tf.int64), data.shuffle_buffer, int(consumed[k])
+    )
+
+    def process(position, raw, features=features, source_seed=source_seed):
+      ex = _decode(raw, features)
+      if data.augment:
+        ex = augment.augment_example(
+          ex,
+          tf.stack([tf.constant(source_seed, tf.int64), position]),
+          image_size=image_size,
+          dense_size=dense_size,
+          random_crop=data.crop,
+          random_flip_lr=data.flip,
+          jitter=dict(data.color_jitter) if data.color_jitter else None,
+        )
+      else:
+        ex = augment.resize(ex, image_size, dense_size)
+      out = _targets(ex, raw, config=config, anchors=anchors, grid=grid)
+      for key in ('gt_boxes', 'gt_labels', 'gt_mask'):
+        del out[key]  # Training needs only the encoded targets.
+      return out
+
+    streams.append(stream.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+
+  if len(streams) == 1:
+    ds = streams[0]
+  else:
+    weights = [w for _, _, w in sources]
+    first_block = start // _MIX_BLOCK
+    choices = (
+      tf.data.Dataset.range(first_block, np.iinfo(np.int64).max)
+      .map(lambda b: _mixture_choices(weights, seed, b))
+      .unbatch()
+      .skip(start % _MIX_BLOCK)
+    )
+    ds = tf.data.Dataset.choose_from_datasets(streams, choices)
+  ds = ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+def create_eval_dataset(
+  config: ml_collections.ConfigDict,
+  split: str,
+  *,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> tf.data.Dataset:
+  """Finite evaluation batches of this host, padded so every host runs as many batches.
+
+  Args:
+    config: the experiment config (uses `data`, `model`, `loss`, `eval.batch_size`).
+    split: TFDS split name (e.g. 'validation', 'test').
+    process_index: this host (default `jax.process_index()`).
+    process_count: number of hosts (default `jax.process_count()`).
+
+  Returns:
+    A dataset of host batches of `config.eval.batch_size // process_count` examples with
+    the evaluation extras; padding examples have `valid = 0`.
+  """
+  index, count = _host(process_index, process_count)
+  data = config.data
+  host_batch = config.eval.batch_size // count
+  if host_batch < 1:
+    raise ValueError(f'eval.batch_size {config.eval.batch_size} < {count} processes.')
+  image_size = tuple(data.image_size)
+  grid = conv5_size(config)
+  dense_size = (grid[0] * DENSE_FACTOR, grid[1] * DENSE_FACTOR)
+  anchors = boxes.default_boxes(config.model, image_size)
+  builder = get_builder(
+    data.name, data.builder_config, data_dir=data.data_dir, manual_dir=data.manual_dir
+  )
+  total = builder.info.splits[split].num_examples
+  shard, size = _host_slice(split, total, index, count, drop_remainder=False)
+  # Every host runs the batches of the largest share.
+  num_batches = math.ceil(math.ceil(total / count) / host_batch)
+  features = builder.info.features
+  decoders = {key: tfds.decode.SkipDecoding() for key in _LAZY_KEYS if key in features}
+  ds = builder.as_dataset(split=shard, shuffle_files=False, decoders=decoders)
+
+  def process(raw):
+    ex = _decode(raw, features)
+    orig_size = tf.shape(ex['image'])[:2]
+    ex = augment.resize(ex, image_size, dense_size)
+    out = _targets(ex, raw, config=config, anchors=anchors, grid=grid)
+    out['image_id'] = tf.cast(raw.get('image_id', tf.constant(-1, tf.int64)), tf.int64)
+    out['orig_size'] = tf.cast(orig_size, tf.int32)
+    out['valid'] = tf.constant(1.0)
+    return out
+
+  ds = ds.map(process, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  padding = num_batches * host_batch - size
+  if padding:
+    zeros = tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype), ds.element_spec)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(zeros).repeat(padding))
+  ds = ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.with_options(_options())
+
+
+def _options() -> tf.data.Options:
+  options = tf.data.Options()
+  options.deterministic = True  # Same batches for the same seed, whatever the timing.
+  return options
