@@ -71,10 +71,15 @@ def get_builder(
   Returns:
     The prepared builder.
   """
+  module_name = f'rock_jax.datasets.{name}'
   try:
-    importlib.import_module(f'rock_jax.datasets.{name}')  # Registers the builder.
-  except ModuleNotFoundError:
-    pass  # Registered elsewhere (e.g. by a test); tfds.builder fails if not.
+    module = importlib.import_module(module_name)  # Registers the builder.
+    # A module may register under another name (TFDS has its own `cityscapes`).
+    name = getattr(module, 'BUILDER_NAME', name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise  # A dependency of the module is missing: say so.
+    # Otherwise registered elsewhere (e.g. by a test); tfds.builder fails if not.
   full = f'{name}/{builder_config}' if builder_config else name
   builder = tfds.builder(full, data_dir=data_dir)
   if not builder.is_prepared():

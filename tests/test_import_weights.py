@@ -1,0 +1,249 @@
+"""Tests of the ImageNet weight importer: Keras numerics, torchvision names, errors, CLI."""
+
+import os
+import subprocess
+import sys
+
+import h5py
+import jax
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from rock_jax.models import resnet
+from rock_jax.tools import import_weights
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope='module')
+def keras_resnet50(tmp_path_factory):
+  """Keras ResNet50 with random weights and non-trivial BN statistics, saved both ways."""
+  import tensorflow as tf
+  from keras.src.legacy.saving import legacy_h5_format
+
+  tf.config.set_visible_devices([], 'GPU')
+  tf.keras.utils.set_random_seed(0)
+  model = tf.keras.applications.ResNet50(weights=None, include_top=False, input_shape=(64, 64, 3))
+  rng = np.random.default_rng(0)
+  for layer in model.layers:
+    if isinstance(layer, tf.keras.layers.BatchNormalization):
+      gamma, beta, mean, var = layer.get_weights()
+      layer.set_weights(
+        [
+          rng.uniform(0.5, 1.5, gamma.shape).astype(np.float32),
+          rng.normal(0.0, 0.2, beta.shape).astype(np.float32),
+          rng.normal(0.0, 0.5, mean.shape).astype(np.float32),
+          rng.uniform(0.5, 2.0, var.shape).astype(np.float32),
+        ]
+      )
+  directory = tmp_path_factory.mktemp('keras')
+  keras3 = str(directory / 'resnet50.weights.h5')
+  model.save_weights(keras3)
+  # Keras 2 layout, as the published ImageNet `.h5` files (written by Keras' own writer).
+  keras2 = str(directory / 'resnet50_notop.h5')
+  with h5py.File(keras2, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+  image = rng.normal(size=(1, 64, 64, 3)).astype(np.float32)
+  expected = model(image, training=False).numpy()
+  return {'keras3': keras3, 'keras2': keras2, 'image': image, 'expected': expected}
+
+
+def _flax_conv5(variables, image):
+  model = resnet.ResNet(depth=50, layout='v1', output_stride=32)
+  return np.asarray(model.apply(variables, image, train=False))
+
+
+@pytest.mark.parametrize('layout', ['keras3', 'keras2'])
+def test_keras_numerics(keras_resnet50, layout):
+  variables = import_weights.import_file(keras_resnet50[layout], 'keras')
+  got = _flax_conv5(variables, keras_resnet50['image'])
+  expected = keras_resnet50['expected']
+  assert got.shape == expected.shape == (1, 2, 2, 2048)
+  assert np.std(expected) > 1e-3  # Features are not trivially zero.
+  error = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+  assert error < 1e-4, error
+
+
+def test_keras_missing_layer(keras_resnet50, tmp_path):
+  path = str(tmp_path / 'truncated.weights.h5')
+  with h5py.File(keras_resnet50['keras3'], 'r') as src, h5py.File(path, 'w') as dst:
+    # Drop the last conv of Keras' layer order (conv5_block3_3_conv is conv2d_52).
+    for name in src['layers']:
+      if name != 'conv2d_52':
+        src.copy(src[f'layers/{name}'], dst, f'layers/{name}')
+  with pytest.raises(import_weights.WeightImportError) as info:
+    import_weights.import_file(path, 'keras')
+  message = str(info.value)
+  assert '\n' not in message
+  assert path in message and 'conv2d_52' in message and 'conv5_block3_3_conv' in message
+
+
+def _torchvision_state(depth: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """A torchvision-named ResNet state dict with random values, written from its naming rules."""
+  sizes, bottleneck = resnet.STAGE_SIZES[depth]
+  state = {}
+
+  def conv(name, cin, cout, k):
+    state[f'{name}.weight'] = rng.normal(size=(cout, cin, k, k)).astype(np.float32)
+
+  def bn(name, c):
+    state[f'{name}.weight'] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    state[f'{name}.bias'] = rng.normal(size=c).astype(np.float32)
+    state[f'{name}.running_mean'] = rng.normal(size=c).astype(np.float32)
+    state[f'{name}.running_var'] = rng.uniform(0.5, 1.5, c).astype(np.float32)
+    state[f'{name}.num_batches_tracked'] = np.array(100, np.int64)
+
+  conv('conv1', 3, 64, 7)
+  bn('bn1', 64)
+  cin = 64
+  for stage, blocks in enumerate(sizes):
+    width = 64 * 2**stage
+    cout = width * 4 if bottleneck else width
+    for b in range(blocks):
+      p = f'layer{stage + 1}.{b}'
+      if bottleneck:
+        conv(f'{p}.conv1', cin, width, 1)
+        conv(f'{p}.conv2', width, width, 3)
+        conv(f'{p}.conv3', width, cout, 1)
+        for i, c in ((1, width), (2, width), (3, cout)):
+          bn(f'{p}.bn{i}', c)
+      else:
+        conv(f'{p}.conv1', cin, width, 3)
+        conv(f'{p}.conv2', width, width, 3)
+        bn(f'{p}.bn1', width)
+        bn(f'{p}.bn2', width)
+      if b == 0 and (stage > 0 or cin != cout):
+        conv(f'{p}.downsample.0', cin, cout, 1)
+        bn(f'{p}.downsample.1', cout)
+      cin = cout
+  state['fc.weight'] = rng.normal(size=(1000, cin)).astype(np.float32)
+  state['fc.bias'] = np.zeros(1000, np.float32)
+  return state
+
+
+@pytest.fixture(scope='module')
+def resnet18_state():
+  return _torchvision_state(18, np.random.default_rng(1))
+
+
+def test_torchvision_resnet50_names_and_count():
+  state = _torchvision_state(50, np.random.default_rng(0))
+  variables = import_weights.convert_torchvision(state, depth=50)
+  params = jax.tree.leaves(variables['params'])
+  assert sum(x.size for x in params) == 23_508_032
+  # Every learned tensor of the file except fc is used exactly once.
+  used = sum(v.size for k, v in state.items() if not k.startswith('fc.') and 'num_batches' not in k)
+  assert used == sum(x.size for x in jax.tree.leaves(variables))
+  block = variables['params']['stage4_block3']
+  np.testing.assert_array_equal(
+    block['conv2']['kernel'], state['layer4.2.conv2.weight'].transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_array_equal(
+    variables['params']['stage2_block1']['proj_conv']['kernel'][0, 0],
+    state['layer2.0.downsample.0.weight'][:, :, 0, 0].T,
+  )
+  np.testing.assert_array_equal(
+    variables['batch_stats']['stem_bn']['var'], state['bn1.running_var']
+  )
+  np.testing.assert_array_equal(
+    variables['params']['stage1_block1']['proj_bn']['scale'], state['layer1.0.downsample.1.weight']
+  )
+
+
+@pytest.mark.parametrize('suffix', ['.safetensors', '.npz'])
+def test_torchvision_files(resnet18_state, tmp_path, suffix):
+  path = str(tmp_path / f'resnet18{suffix}')
+  if suffix == '.npz':
+    np.savez(path, **resnet18_state)
+  else:
+    save_file(resnet18_state, path)
+  variables = import_weights.import_file(path, 'torchvision', depth=18)
+  np.testing.assert_array_equal(
+    variables['params']['stage3_block2']['conv1']['kernel'],
+    resnet18_state['layer3.1.conv1.weight'].transpose(2, 3, 1, 0),
+  )
+  # The converted tree runs in the model it was made for.
+  images = np.zeros((1, 32, 32, 3), np.float32)
+  out = resnet.ResNet(depth=18).apply(variables, images, train=False)
+  assert out.shape == (1, 2, 2, 512)
+
+
+def test_torchvision_missing_and_misshaped(resnet18_state, tmp_path):
+  path = str(tmp_path / 'bad.safetensors')
+  state = {k: v for k, v in resnet18_state.items() if k != 'layer4.1.bn2.running_var'}
+  save_file(state, path)
+  with pytest.raises(import_weights.WeightImportError, match=r'layer4\.1\.bn2\.running_var'):
+    import_weights.import_file(path, 'torchvision', depth=18)
+
+  state = dict(resnet18_state)
+  state['layer2.0.downsample.0.weight'] = np.zeros((128, 64, 3, 3), np.float32)
+  save_file(state, path)
+  with pytest.raises(import_weights.WeightImportError) as info:
+    import_weights.import_file(path, 'torchvision', depth=18)
+  assert 'layer2.0.downsample.0.weight' in str(info.value)
+  assert '(3, 3, 64, 128)' in str(info.value) and '(1, 1, 64, 128)' in str(info.value)
+
+  # ResNet-18 weights read as ResNet-50: the first bad key in network order is named.
+  with pytest.raises(import_weights.WeightImportError, match=r"'layer1\.0\.conv1\.weight'"):
+    import_weights.convert_torchvision(resnet18_state, depth=50)
+
+
+def test_truncated_files(resnet18_state, tmp_path):
+  for suffix, fmt in (('.safetensors', 'torchvision'), ('.npz', 'torchvision'), ('.h5', 'keras')):
+    full = str(tmp_path / f'full{suffix}')
+    if suffix == '.npz':
+      np.savez(full, **resnet18_state)
+    elif suffix == '.safetensors':
+      save_file(resnet18_state, full)
+    else:
+      with h5py.File(full, 'w') as f:
+        f['x'] = np.zeros(100_000, np.float32)
+    path = str(tmp_path / f'truncated{suffix}')
+    with open(full, 'rb') as f, open(path, 'wb') as g:
+      g.write(f.read()[:1000])
+    with pytest.raises(import_weights.WeightImportError) as info:
+      import_weights.import_file(path, fmt, depth=18)
+    assert path in str(info.value) and '\n' not in str(info.value)
+
+
+def test_cli(resnet18_state, tmp_path):
+  good = str(tmp_path / 'resnet18.npz')
+  np.savez(good, **resnet18_state)
+  bad = str(tmp_path / 'bad.npz')
+  np.savez(bad, **{k: v for k, v in resnet18_state.items() if k != 'conv1.weight'})
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  command = [sys.executable, '-m', 'rock_jax.tools.import_weights', '--format=torchvision']
+
+  output = str(tmp_path / 'out')
+  run = subprocess.run(
+    [*command, f'--input={good}', f'--output={output}', '--depth=18'],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    check=False,
+  )
+  assert run.returncode == 0, run.stderr
+  restored = import_weights.load_backbone(output)
+  np.testing.assert_allclose(
+    np.asarray(restored['params']['stem_conv']['kernel']),
+    resnet18_state['conv1.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_allclose(
+    np.asarray(restored['batch_stats']['stage4_block2']['bn2']['mean']),
+    resnet18_state['layer4.1.bn2.running_mean'],
+  )
+
+  run = subprocess.run(
+    [*command, f'--input={bad}', f'--output={tmp_path / "out2"}', '--depth=18'],
+    capture_output=True,
+    text=True,
+    cwd=REPO,
+    env=env,
+    check=False,
+  )
+  assert run.returncode == 1
+  lines = run.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'conv1.weight' in lines[0] and bad in lines[0], run.stderr
+  assert not os.path.exists(tmp_path / 'out2')
