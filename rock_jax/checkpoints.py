@@ -1,0 +1,384 @@
+"""Orbax checkpoints: save, resume, and partial initialisation from other runs.
+
+Layout: `WORKDIR/checkpoints/<step>/{state,config,metrics}`. `state` is the whole
+`TrainState` (step, params, batch_stats, optimizer state) written with
+`ocp.args.StandardSave`; `config` is the run's config as JSON so tools can rebuild
+the model; `metrics` holds the validation metrics of the steps that were evaluated.
+The manager keeps the last `train.keep_checkpoints` steps plus the best one by
+validation mAP@0.5.
+
+Where the initial state comes from (`restore_or_initialize`), first match wins:
+1. the run's own workdir (resume: the whole state, bitwise);
+2. `config.init_from`: parameters and BatchNorm statistics of another run's
+   checkpoint (e.g. MLT pretraining), merged into a fresh init; leaves whose path
+   matches a regex of `config.init_exclude` keep their fresh values (each one is
+   logged); any other mismatch is an error;
+3. `config.init_backbone`: ImageNet weights converted by
+   `rock_jax.tools.import_weights` for the backbone;
+4. scratch.
+"""
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+BEST_METRIC = 'mAP@0.5'
+STATE = 'state'
+CONFIG = 'config'
+
+
+def checkpoint_dir(workdir: str | epath.Path) -> epath.Path:
+  """Returns the checkpoint directory of a workdir."""
+  return epath.Path(workdir) / 'checkpoints'
+
+
+def _best_metric(metrics: dict[str, Any]) -> float:
+  """Ranks checkpoints by validation mAP@0.5 (None, for an empty eval, ranks last)."""
+  value = metrics.get(BEST_METRIC)
+  return float('-inf') if value is None else float(value)
+
+
+def create_manager(
+  directory: str | epath.Path,
+  *,
+  keep: int = 3,
+  async_save: bool = True,
+  read_only: bool = False,
+) -> ocp.CheckpointManager:
+  """Creates the checkpoint manager: last `keep` steps plus the best by mAP@0.5.
+
+  Args:
+    directory: where the step folders live (`checkpoint_dir(workdir)`).
+    keep: how many of the latest checkpoints to keep.
+    async_save: write in a background thread (the device-to-host copy is still
+      done before `save` returns, so the donated state can be reused at once).
+    read_only: open an existing directory without creating or deleting anything.
+
+  Returns:
+    An `ocp.CheckpointManager` with items `state` and `config`.
+  """
+  if read_only:
+    options = ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False)
+  else:
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+      [
+        ocp.checkpoint_managers.LatestN(n=max(1, keep)),
+        # Steps saved without metrics are covered by LatestN alone.
+        ocp.checkpoint_managers.BestN(
+          get_metric_fn=_best_metric, n=1, keep_checkpoints_without_metrics=False
+        ),
+      ]
+    )
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=policy,
+      # best_fn makes the manager write the metrics next to each step, so the best
+      # checkpoint survives a restart.
+      best_fn=_best_metric,
+      best_mode='max',
+      create=True,
+      # A run killed during a save leaves a temporary folder; drop it on restart.
+      cleanup_tmp_directories=True,
+      enable_async_checkpointing=async_save,
+    )
+  return ocp.CheckpointManager(directory, options=options, item_names=(STATE, CONFIG))
+
+
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  state: Any,
+  config: ml_collections.ConfigDict,
+  *,
+  metrics: dict[str, Any] | None = None,
+) -> None:
+  """Saves `state` at `step` (with the run's config and optional validation metrics).
+
+  Args:
+    manager: from `create_manager`.
+    step: the number of optimizer steps done.
+    state: the `TrainState`.
+    config: the run's config, written as JSON.
+    metrics: validation metrics for best-checkpoint tracking (JSON-able floats).
+  """
+  if step in manager.all_steps():
+    return
+  config_json = json.loads(config.to_json_best_effort())
+  manager.save(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config_json)
+    ),
+    metrics=_jsonable(metrics) if metrics is not None else None,
+    force=True,
+  )
+
+
+def _jsonable(tree: dict[str, Any]) -> dict[str, Any]:
+  """Keeps JSON-able scalars (floats, ints, None) of a flat metrics dict."""
+  out = {}
+  for key, value in tree.items():
+    if value is None or isinstance(value, int | float | str):
+      out[key] = value
+    elif isinstance(value, np.generic | np.ndarray) and np.size(value) == 1:
+      out[key] = float(value)
+  return out
+
+
+def restore_state(
+  manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None
+) -> Any:
+  """Restores the whole train state into an abstract (sharded) target.
+
+  Args:
+    manager: from `create_manager`.
+    abstract_state: `jax.eval_shape` of the state, each leaf a
+      `jax.ShapeDtypeStruct` with its target sharding.
+    step: which step; the latest by default.
+
+  Returns:
+    The restored state, with the structure and shardings of `abstract_state`.
+  """
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+  )
+  return restored[STATE]
+
+
+def resolve_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int]:
+  """Finds the checkpoint folder and step that a user-given path names.
+
+  Args:
+    path: a workdir (uses its latest checkpoint), a `checkpoints` folder (its
+      latest step) or one step folder (`.../checkpoints/<step>`).
+
+  Returns:
+    (the manager directory, the step).
+
+  Raises:
+    FileNotFoundError: when no checkpoint is found there.
+  """
+  path = epath.Path(path)
+  if (path / 'checkpoints').is_dir():
+    path = path / 'checkpoints'
+  if path.name.isdigit() and (path / STATE).is_dir():
+    return path.parent, int(path.name)
+  steps = (
+    sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / STATE).is_dir())
+    if path.is_dir()
+    else []
+  )
+  if not steps:
+    raise FileNotFoundError(f'No Orbax checkpoint found at {path}.')
+  return path, steps[-1]
+
+
+def load_config(path: str | epath.Path) -> ml_collections.ConfigDict:
+  """Reads the config saved with a checkpoint (see `resolve_checkpoint` for `path`)."""
+  directory, step = resolve_checkpoint(path)
+  manager = _read_only_manager(directory, {CONFIG: ocp.JsonCheckpointHandler()})
+  restored = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+  manager.close()
+  return ml_collections.ConfigDict(restored[CONFIG])
+
+
+def _read_only_manager(
+  directory: epath.Path, handlers: dict[str, ocp.CheckpointHandler]
+) -> ocp.CheckpointManager:
+  """Opens a checkpoint folder read-only with the given item handlers."""
+  return ocp.CheckpointManager(
+    directory,
+    options=ocp.CheckpointManagerOptions(read_only=True, enable_async_checkpointing=False),
+    item_handlers=handlers,
+  )
+
+
+def load_variables(path: str | epath.Path) -> dict[str, Any]:
+  """Loads `{'params', 'batch_stats'}` of a checkpoint as host numpy arrays.
+
+  Only those two entries of the saved state are read (the optimizer state is
+  skipped), so a checkpoint of a model with a different structure loads too.
+
+  Args:
+    path: see `resolve_checkpoint`.
+
+  Returns:
+    The variables, as nested dicts of numpy arrays.
+  """
+  directory, step = resolve_checkpoint(path)
+  # The PyTree handler reads what StandardSave wrote and supports partial restores.
+  manager = _read_only_manager(
+    directory, {STATE: ocp.PyTreeCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
+  )
+  metadata = manager.item_metadata(step)[STATE]
+  tree = metadata.tree if hasattr(metadata, 'tree') else metadata
+  wanted = {k: tree[k] for k in ('params', 'batch_stats') if k in tree}
+  target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
+  restore_args = jax.tree.map(lambda x: ocp.RestoreArgs(restore_type=np.ndarray), target)
+  restored = manager.restore(
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args, partial_restore=True)
+    ),
+  )[STATE]
+  manager.close()
+  logging.info('Loaded params/batch_stats of %s (step %d).', directory, step)
+  return dict(restored)
+
+
+def _flatten(tree: Any, prefix: str = '') -> dict[str, Any]:
+  """Flattens nested dicts into `{'a/b/c': leaf}`."""
+  out = {}
+  if isinstance(tree, dict) or hasattr(tree, 'items'):
+    for key, value in tree.items():
+      out.update(_flatten(value, f'{prefix}{key}/'))
+  else:
+    out[prefix[:-1]] = tree
+  return out
+
+
+def merge_variables(
+  fresh: dict[str, Any], loaded: dict[str, Any], exclude: tuple[str, ...] = ()
+) -> dict[str, Any]:
+  """Merges loaded variables into a fresh init, leaf by leaf.
+
+  A fresh leaf whose path (`params/ssd/...`) matches a regex of `exclude` keeps
+  its fresh value; every other fresh leaf takes the loaded value, which must
+  exist with the same shape. A loaded leaf with no counterpart must be excluded
+  too. Each kept-fresh or dropped leaf is logged.
+
+  Args:
+    fresh: `{'params': ..., 'batch_stats': ...}` of the new model.
+    loaded: the same from a checkpoint (`load_variables`).
+    exclude: regexes (`re.search`) of paths that must not load.
+
+  Returns:
+    The merged variables, with the structure of `fresh`.
+
+  Raises:
+    ValueError: naming every path that neither loads nor is excluded.
+  """
+  patterns = [re.compile(p) for p in exclude]
+  is_excluded = lambda path: any(p.search(path) for p in patterns)
+  fresh_flat = _flatten(fresh)
+  loaded_flat = _flatten(loaded)
+  errors: list[str] = []
+  kept: list[str] = []
+  dropped: list[str] = []
+  for path, value in fresh_flat.items():
+    if is_excluded(path):
+      kept.append(path)
+    elif path not in loaded_flat:
+      errors.append(f'{path}: missing from the checkpoint')
+    elif tuple(np.shape(loaded_flat[path])) != tuple(value.shape):
+      errors.append(
+        f'{path}: checkpoint shape {tuple(np.shape(loaded_flat[path]))} != model shape '
+        f'{tuple(value.shape)}'
+      )
+  for path in loaded_flat:
+    if path not in fresh_flat:
+      if is_excluded(path):
+        dropped.append(path)
+      else:
+        errors.append(f'{path}: in the checkpoint but not in the model')
+  if errors:
+    raise ValueError(
+      'Cannot initialise from the checkpoint; add a regex to config.init_exclude for what '
+      'must keep its fresh init:\n  ' + '\n  '.join(errors)
+    )
+  for path in kept:
+    logging.info('init_from: keeping fresh init for %s', path)
+  for path in dropped:
+    logging.info('init_from: dropping checkpoint leaf %s (not in the model)', path)
+
+  kept_set = set(kept)
+
+  def pick(path, value):
+    name = '/'.join(str(getattr(k, 'key', k)) for k in path)
+    if name in kept_set:
+      return value
+    return np.asarray(loaded_flat[name], dtype=value.dtype)
+
+  return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+def merge_backbone(fresh: dict[str, Any], backbone: dict[str, Any]) -> dict[str, Any]:
+  """Replaces the backbone variables of a fresh init with imported ImageNet weights.
+
+  Args:
+    fresh: `{'params': {'backbone': ...}, 'batch_stats': {'backbone': ...}}`.
+    backbone: the importer's output, either `{'params': ..., 'batch_stats': ...}`
+      of the backbone alone or already nested under `'backbone'`.
+
+  Returns:
+    The variables with the backbone taken from `backbone`.
+
+  Raises:
+    ValueError: if a backbone leaf is missing or has another shape.
+  """
+  loaded = {}
+  for collection in ('params', 'batch_stats'):
+    if collection not in fresh or 'backbone' not in fresh[collection]:
+      continue
+    tree = backbone.get(collection, {})
+    tree = tree.get('backbone', tree) if hasattr(tree, 'get') else tree
+    loaded[collection] = {'backbone': tree}
+  others = {c: {k: v for k, v in fresh[c].items() if k != 'backbone'} for c in fresh if c in loaded}
+  # Everything but the backbone keeps its fresh init: only backbone paths may differ.
+  merged = merge_variables(
+    {c: {'backbone': fresh[c]['backbone']} for c in loaded},
+    loaded,
+  )
+  out = dict(fresh)
+  for c in loaded:
+    out[c] = {**others[c], 'backbone': merged[c]['backbone']}
+  return out
+
+
+def restore_or_initialize(
+  config: ml_collections.ConfigDict,
+  manager: ocp.CheckpointManager,
+  *,
+  init_state: Callable[[], Any],
+  abstract_state: Any,
+  with_variables: Callable[[Any, dict[str, Any]], Any],
+  load_backbone: Callable[[str], dict[str, Any]] | None = None,
+) -> tuple[Any, str]:
+  """Returns the initial train state following the resume order of the module doc.
+
+  Args:
+    config: the experiment config (`init_from`, `init_exclude`, `init_backbone`).
+    manager: the run's own checkpoint manager.
+    init_state: builds a fresh (sharded) state.
+    abstract_state: its `jax.eval_shape`, with shardings, for restoring.
+    with_variables: `(state, {'params', 'batch_stats'}) -> state` puts merged
+      variables into a fresh state (placing them with the state's shardings).
+    load_backbone: `dir -> variables` of the importer; needed for `init_backbone`.
+
+  Returns:
+    (state, a short description of where it came from).
+  """
+  latest = manager.latest_step()
+  if latest is not None:
+    logging.info('Resuming from %s, step %d.', manager.directory, latest)
+    return restore_state(manager, abstract_state, latest), f'resumed at step {latest}'
+  state = init_state()
+  fresh = {'params': state.params, 'batch_stats': state.batch_stats}
+  if config.get('init_from'):
+    loaded = load_variables(config.init_from)
+    merged = merge_variables(jax.device_get(fresh), loaded, tuple(config.get('init_exclude', ())))
+    return with_variables(state, merged), f'initialised from {config.init_from}'
+  if config.get('init_backbone'):
+    if load_backbone is None:
+      raise ValueError('config.init_backbone is set but no backbone loader was given.')
+    merged = merge_backbone(jax.device_get(fresh), load_backbone(config.init_backbone))
+    return with_variables(state, merged), f'backbone from {config.init_backbone}'
+  return state, 'initialised from scratch'

@@ -1,0 +1,76 @@
+"""Entry point: trains and evaluates ROCK, or evaluates a checkpoint.
+
+  python -m rock_jax.main --config=configs/nyuv2.py --workdir=DIR
+  python -m rock_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/smoke
+  python -m rock_jax.main --config=configs/nyuv2.py --config.mode=eval \
+      --config.init_from=DIR --config.data.eval_split=test --workdir=EVAL_DIR
+
+Any config field can be overridden with `--config.<field>=value`. Rerunning a
+command on the same workdir resumes from its last checkpoint.
+"""
+
+import os
+from collections.abc import Sequence
+
+import jax
+import tensorflow as tf
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from rock_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
+_DISTRIBUTED = flags.DEFINE_enum(
+  'distributed',
+  'auto',
+  ['auto', 'on', 'off'],
+  'Call jax.distributed.initialize(): on several hosts only ("auto" detects a TPU pod '
+  'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).',
+)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def is_multihost(environ: os._Environ | dict[str, str] = os.environ) -> bool:
+  """Whether this process is one of several hosts of a job.
+
+  Args:
+    environ: the environment to inspect.
+
+  Returns:
+    True on a multi-worker TPU slice, a multi-task SLURM or Open MPI job, or when
+    a coordinator address is given explicitly.
+  """
+  if environ.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  hosts = [h for h in environ.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]
+  if len(hosts) > 1:
+    return True
+  for key in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'):
+    if int(environ.get(key, '1') or '1') > 1:
+      return True
+  return False
+
+
+def main(argv: Sequence[str]) -> None:
+  """Runs `train.train_and_evaluate` with the parsed config."""
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # TensorFlow only feeds data: keep it off the accelerators (and their memory).
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
+    jax.distributed.initialize()
+  logging.info(
+    'JAX process %d / %d, %d local / %d global devices (%s).',
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  app.run(main)

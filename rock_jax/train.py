@@ -1,0 +1,434 @@
+"""Training: a pure, data-parallel train step and the train-and-evaluate loop.
+
+One jitted step `(state, batch, rng) -> (state, metrics)` runs on a 1-D
+`('data',)` mesh: the batch is sharded along it, the state is replicated, and XLA
+inserts the gradient all-reduce (BatchNorm statistics over a sharded batch are
+already global under jit). The same code runs on one CPU, simulated CPU devices,
+one GPU or a multi-host pod; each host feeds its own slice of the global batch
+through `jax.make_array_from_process_local_data`.
+
+Resume is exact: the step's random key is `fold_in(base_key, step)` and the input
+pipeline restarts at the restored step, so an interrupted and resumed run ends
+with the same parameters as an uninterrupted one.
+"""
+
+import functools
+import json
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metric_writers, periodic_actions
+from etils import epath
+from flax.training import train_state
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim
+from rock_jax.models import detector
+
+# Batch entries the train step needs besides the per-task ones.
+_TRAIN_KEYS = ('image', 'box_targets', 'cls_targets')
+
+
+class TrainState(train_state.TrainState):
+  """Flax train state plus the BatchNorm statistics."""
+
+  batch_stats: Any = None
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a step produces a non-finite loss or gradient."""
+
+
+def create_mesh(global_batch_size: int) -> jax.sharding.Mesh:
+  """Creates the 1-D `('data',)` mesh over the devices.
+
+  On a single host, when the global batch does not divide over all devices,
+  the mesh uses the largest device count that divides it (and says so): this
+  keeps the CPU smoke configs (batch 2) runnable on machines with more devices.
+
+  Args:
+    global_batch_size: `config.train.batch_size`.
+
+  Returns:
+    The mesh (axis type Auto, set explicitly).
+
+  Raises:
+    ValueError: on several hosts when the batch does not divide over the devices.
+  """
+  count = jax.device_count()
+  if global_batch_size % count:
+    if jax.process_count() > 1:
+      raise ValueError(
+        f'The global batch {global_batch_size} must be a multiple of the {count} devices.'
+      )
+    count = max(n for n in range(1, count + 1) if global_batch_size % n == 0)
+    logging.warning(
+      'Batch %d does not divide over %d devices: using %d of them.',
+      global_batch_size,
+      jax.device_count(),
+      count,
+    )
+  # Auto (named explicitly): the compiler propagates the batch sharding through the
+  # model, so model and loss code stay free of sharding annotations (Explicit mode
+  # would need an `out_sharding` on every reshape that merges axes, as the SSD head's).
+  return jax.make_mesh(
+    (count,),
+    ('data',),
+    axis_types=(jax.sharding.AxisType.Auto,),
+    devices=jax.devices()[:count],
+  )
+
+
+def create_train_state(
+  config: ml_collections.ConfigDict, model: detector.Detector, rng: jax.Array
+) -> TrainState:
+  """Initialises the model variables and the optimizer.
+
+  Args:
+    config: the experiment config (`data.image_size`, `train`).
+    model: from `detector.build_model(config)`.
+    rng: the initialisation key.
+
+  Returns:
+    A fresh `TrainState` at step 0.
+  """
+  height, width = config.data.image_size
+  variables = model.init(rng, jnp.zeros((1, height, width, 3), jnp.float32), train=False)
+  return TrainState.create(
+    apply_fn=model.apply,
+    params=variables['params'],
+    tx=optim.create_optimizer(config),
+    batch_stats=variables.get('batch_stats', {}),
+  )
+
+
+def task_names(config: ml_collections.ConfigDict) -> list[str]:
+  """The auxiliary tasks of the config, in order (none for the baseline)."""
+  if config.model.variant == 'baseline':
+    return []
+  return losses.parse_tasks(config.model.tasks)
+
+
+def train_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The batch entries the train step reads (image, targets, per-task data)."""
+  keys = list(_TRAIN_KEYS)
+  for task in task_names(config):
+    keys += [task, f'has_{task}', f'{task}_mask']
+  return tuple(keys)
+
+
+def train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  rng: jax.Array,
+  *,
+  model: detector.Detector,
+  config: ml_collections.ConfigDict,
+  loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] = losses.multi_loss,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimizer step on a (global) batch.
+
+  Args:
+    state: the replicated train state.
+    batch: the sharded batch (`train_batch_keys`).
+    rng: this step's key (`fold_in(base, step)`), for stochastic layers.
+    model: the detector.
+    config: the experiment config.
+    loss_fn: `(outputs, batch, *, config) -> (total, parts)`.
+
+  Returns:
+    (the new state, scalar metrics: `loss`, `loss/<part>`, `grad_norm`,
+    `learning_rate`, and `finite` (1 when the loss, every part and the gradient
+    are finite)).
+  """
+  with_aux = bool(task_names(config))
+
+  def compute_loss(params):
+    variables = {'params': params, 'batch_stats': state.batch_stats}
+    outputs, updates = model.apply(
+      variables,
+      batch['image'],
+      train=True,
+      with_aux=with_aux,
+      mutable=['batch_stats'],
+      rngs={'dropout': rng},
+    )
+    total, parts = loss_fn(outputs, batch, config=config)
+    return total, (parts, updates['batch_stats'])
+
+  (total, (parts, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+    state.params
+  )
+  grad_norm = optax.tree.norm(grads)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  metrics = {'loss': total, 'grad_norm': grad_norm}
+  metrics.update({f'loss/{name}': value for name, value in parts.items()})
+  finite = jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(v) for v in metrics.values()])))
+  metrics['finite'] = finite.astype(jnp.float32)
+  metrics['learning_rate'] = optim.create_learning_rate_schedule(config)(state.step)
+  return new_state, metrics
+
+
+def check_finite(step: int, metrics: Mapping[str, float]) -> None:
+  """Raises `NonFiniteLossError` naming the step and the non-finite loss parts.
+
+  Args:
+    step: the step number (state.step after the update).
+    metrics: host values of one step's metrics.
+  """
+  if metrics['finite']:
+    return
+  bad = [
+    k.removeprefix('loss/')
+    for k, v in metrics.items()
+    if k.startswith('loss') and not np.isfinite(v)
+  ]
+  what = ', '.join(bad) if bad else 'gradient'
+  raise NonFiniteLossError(
+    f'Non-finite loss at step {step} in: {what} ('
+    + ', '.join(f'{k}={float(v):.4g}' for k, v in metrics.items() if k != 'finite')
+    + ').'
+  )
+
+
+def shard_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """Assembles the global batch from this host's slice of it."""
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
+  }
+
+
+def _is_final_or_every(step: int, every: int, num_steps: int) -> bool:
+  return step == num_steps or (every > 0 and step % every == 0)
+
+
+def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+  keys = [k for k in history[0] if k != 'finite']
+  return {k: float(np.mean([h[k] for h in history])) for k in keys}
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
+) -> dict[str, Any]:
+  """Trains with periodic evaluation and checkpoints, or evaluates (`config.mode`).
+
+  Args:
+    config: the experiment config.
+    workdir: where checkpoints, TensorBoard events and `results.json` go; a
+      workdir with checkpoints is resumed.
+    mesh: the `('data',)` mesh to run on; by default `create_mesh` over all devices.
+
+  Returns:
+    The final evaluation results (also in `workdir/results.json`).
+  """
+  workdir = epath.Path(workdir)
+  if jax.process_index() == 0:
+    workdir.mkdir(parents=True, exist_ok=True)
+  if config.mode not in ('train', 'eval'):
+    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}.")
+  batch_size = config.train.batch_size if config.mode == 'train' else config.eval.batch_size
+  mesh = create_mesh(batch_size) if mesh is None else mesh
+  with jax.set_mesh(mesh):
+    if config.mode == 'eval':
+      return _evaluate_checkpoint(config, workdir, mesh)
+    return _train(config, workdir, mesh)
+
+
+def _evaluate_checkpoint(
+  config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
+  """`mode=eval`: evaluates `config.init_from` on `config.data.eval_split`.
+
+  The checkpoint's parameters and BatchNorm statistics must match the model of
+  `config` exactly (no `init_exclude`).
+  """
+  if not config.get('init_from'):
+    raise ValueError('config.mode=eval needs config.init_from (a workdir or checkpoint).')
+  replicated = NamedSharding(mesh, P())
+  model = detector.build_model(config)
+  height, width = config.data.image_size
+  abstract = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), jnp.zeros((1, height, width, 3)), train=False)
+  )
+  fresh = {k: abstract[k] for k in ('params', 'batch_stats') if k in abstract}
+  variables = checkpoints.merge_variables(fresh, checkpoints.load_variables(config.init_from))
+  variables = jax.tree.map(lambda x: jax.device_put(x, replicated), variables)
+  evaluator = eval_loop.Evaluator(config, model, mesh)
+
+  directory, step = checkpoints.resolve_checkpoint(config.init_from)
+  logging.info('Evaluating %s step %d on %s.', directory, step, config.data.eval_split)
+  results = evaluator.run(
+    variables, config.data.eval_split, step=step, panels_dir=workdir / 'panels'
+  )
+  results['checkpoint'] = str(directory / str(step))
+  evaluator.report(results, workdir)
+  return results
+
+
+def _train(
+  config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh
+) -> dict[str, Any]:
+  """The training loop (inside `jax.set_mesh(mesh)`)."""
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P('data'))
+  is_writer = jax.process_index() == 0
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+  writer.write_hparams(_flat_hparams(config))
+
+  model = detector.build_model(config)
+  init_rng, step_base_rng = jax.random.split(jax.random.key(config.seed))
+  init_fn = jax.jit(functools.partial(create_train_state, config, model), out_shardings=replicated)
+  abstract_state = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    jax.eval_shape(init_fn, init_rng),
+  )
+  manager = checkpoints.create_manager(
+    checkpoints.checkpoint_dir(workdir),
+    keep=config.train.keep_checkpoints,
+    async_save=config.train.get('async_checkpoints', True),
+  )
+
+  def with_variables(state, variables):
+    place = lambda x: jax.device_put(x, replicated)
+    return state.replace(
+      params=jax.tree.map(place, variables['params']),
+      batch_stats=jax.tree.map(place, variables.get('batch_stats', {})),
+    )
+
+  state, source = checkpoints.restore_or_initialize(
+    config,
+    manager,
+    init_state=lambda: init_fn(init_rng),
+    abstract_state=abstract_state,
+    with_variables=with_variables,
+    load_backbone=_load_backbone,
+  )
+  start_step = int(jax.device_get(state.step))
+  num_steps = int(config.train.num_steps)
+  logging.info('Train state %s; steps %d -> %d.', source, start_step, num_steps)
+
+  step_fn = jax.jit(
+    functools.partial(train_step, model=model, config=config),
+    in_shardings=(replicated, data_sharding, replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,),
+  )
+  keys = train_batch_keys(config)
+  batches: Iterator[dict[str, np.ndarray]] = iter(())
+  if start_step < num_steps:
+    dataset = input_pipeline.create_train_dataset(
+      config,
+      seed=config.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      start_step=start_step,
+    )
+    batches = dataset.as_numpy_iterator()
+
+  hooks = []
+  if is_writer:
+    hooks.append(
+      periodic_actions.ReportProgress(
+        num_train_steps=num_steps,
+        writer=writer,
+        every_secs=30.0,
+        every_steps=config.train.log_every,
+      )
+    )
+  history: list[dict[str, float]] = []
+  pending: tuple[int, dict[str, jax.Array]] | None = None
+  results: dict[str, Any] = {}
+  evaluators: list[eval_loop.Evaluator] = []
+
+  def evaluate(step: int, panels_dir: epath.Path | None) -> dict[str, Any]:
+    # Built on first use: it reads the dataset's class names.
+    if not evaluators:
+      evaluators.append(eval_loop.Evaluator(config, model, mesh))
+    return evaluators[0].run(state, config.data.eval_split, step=step, panels_dir=panels_dir)
+
+  def settle() -> None:
+    """Fetches the previous step's metrics and stops on a non-finite value."""
+    nonlocal pending
+    if pending is None:
+      return
+    done_step, device_metrics = pending
+    pending = None
+    host = {k: float(v) for k, v in jax.device_get(device_metrics).items()}
+    try:
+      check_finite(done_step, host)
+    except NonFiniteLossError as error:
+      manager.wait_until_finished()
+      last = manager.latest_step()
+      raise NonFiniteLossError(
+        f'{error} Stopped; the last good checkpoint is step {last} in {manager.directory}.'
+      ) from None
+    history.append(host)
+
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = {k: v for k, v in next(batches).items() if k in keys}
+        rng = jax.random.fold_in(step_base_rng, step - 1)
+        state, metrics = step_fn(state, shard_batch(batch, data_sharding), rng)
+      # Check the previous step while this one runs: one host sync per step, no stall.
+      settle()
+      pending = (step, metrics)
+      for hook in hooks:
+        hook(step)
+      log_now = _is_final_or_every(step, config.train.log_every, num_steps)
+      eval_now = _is_final_or_every(step, config.train.eval_every, num_steps)
+      save_now = eval_now or _is_final_or_every(step, config.train.checkpoint_every, num_steps)
+      if log_now or eval_now or save_now:
+        settle()
+      if log_now and history:
+        writer.write_scalars(step, {f'train/{k}': v for k, v in _mean_metrics(history).items()})
+        history = []
+      if eval_now:
+        with metric_writers.ensure_flushes(writer):
+          panels_dir = workdir / 'panels' if step == num_steps else None
+          results = evaluate(step, panels_dir)
+          writer.write_scalars(step, eval_loop.scalar_results(results))
+      if save_now:
+        checkpoints.save(manager, step, state, config, metrics=results if eval_now else None)
+    settle()
+    if start_step >= num_steps:
+      # Already trained (e.g. a rerun after the end): evaluate the final state again.
+      results = evaluate(start_step, workdir / 'panels')
+  finally:
+    manager.wait_until_finished()
+    manager.close()
+    writer.flush()
+  if evaluators:
+    evaluators[0].report(results, workdir)
+  return results
+
+
+def _load_backbone(directory: str) -> dict[str, Any]:
+  """`rock_jax.tools.import_weights.load_backbone`, imported only when used."""
+  from rock_jax.tools import import_weights  # noqa: PLC0415
+
+  return import_weights.load_backbone(directory)
+
+
+def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """Flattens the config into scalar hyperparameters for TensorBoard."""
+  flat = {}
+
+  def visit(prefix: str, value: Any) -> None:
+    if isinstance(value, Mapping):
+      for k, v in value.items():
+        visit(f'{prefix}{k}.', v)
+    elif isinstance(value, bool | int | float | str) or value is None:
+      flat[prefix[:-1]] = value if value is not None else 'None'
+    else:
+      flat[prefix[:-1]] = json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+  visit('', config.to_dict())
+  return flat

@@ -1,0 +1,182 @@
+"""End-to-end runs of the real entry point on the synthetic rooms, with a kill and a resume.
+
+`python -m rock_jax.main --config=configs/synthetic.py:smoke` runs as a subprocess:
+train, periodic checkpoints, final evaluation, TensorBoard events, `results.json`.
+A second run of the same command is killed (SIGKILL) once its first checkpoint is on
+disk, then rerun on the same workdir: it must end with bitwise the same parameters
+as the uninterrupted run. The subprocesses share a persistent XLA compilation
+cache so that only the first one compiles, and compile with XLA's backend
+optimisations off (faster to build, same flags in every run).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import synthetic
+from rock_jax import checkpoints, main, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 30
+METRIC_KEYS = (
+  'mAP@[0.5:0.95]',
+  'mAP@0.5',
+  'mAP@0.75',
+  'scene_accuracy',
+  'depth_rmse',
+  'depth_rel',
+  'normals_mean_angle',
+)
+
+
+@pytest.fixture(scope='module')
+def env(tmp_path_factory):
+  """Subprocess environment: a shared compilation cache, quiet logs."""
+  cache = tmp_path_factory.mktemp('xla_cache')
+  out = dict(os.environ)
+  out.update(
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    PYTHONPATH=REPO,
+    # Faster XLA compiles; every run uses the same flags, so bitwise comparisons hold.
+    XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip(),
+  )
+  return out
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp('tfds'))
+
+
+def command(workdir, data_dir) -> list[str]:
+  return [
+    sys.executable,
+    '-m',
+    'rock_jax.main',
+    '--config=configs/synthetic.py:smoke',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={data_dir}',
+    f'--config.train.num_steps={NUM_STEPS}',
+    '--config.train.checkpoint_every=2',
+    '--config.train.eval_every=0',  # Only the final evaluation.
+    '--config.train.log_every=10',
+  ]
+
+
+def run(args, env, timeout=300) -> subprocess.CompletedProcess:
+  result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return result
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, env, data_dir):
+  """One complete smoke run; returns its workdir and stdout."""
+  workdir = tmp_path_factory.mktemp('run_a')
+  result = run(command(workdir, data_dir), env)
+  return workdir, result.stdout
+
+
+def final_variables(workdir):
+  directory, step = checkpoints.resolve_checkpoint(workdir)
+  assert step == NUM_STEPS
+  return checkpoints.load_variables(directory / str(step))
+
+
+def test_smoke_run_writes_everything(uninterrupted):
+  workdir, stdout = uninterrupted
+  results = json.loads((workdir / 'results.json').read_text())
+  for key in METRIC_KEYS:
+    assert key in results, key
+  assert results['step'] == NUM_STEPS and results['split'] == 'test' and results['num_images'] == 4
+  assert 0.0 <= results['mAP@0.5'] <= 1.0
+  assert 0.0 <= results['scene_accuracy'] <= 1.0
+  assert results['depth_rmse'] > 0 and 0 < results['normals_mean_angle'] < 180
+  assert any(k.startswith('AP@0.5/') for k in results)
+  # Table-3 layout printed on stdout.
+  assert 'mAP' in stdout and 'toilet' in stdout
+  # The last K checkpoints (3) are kept, the final one carries its metrics.
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+  assert steps == [NUM_STEPS - 4, NUM_STEPS - 2, NUM_STEPS]
+  assert list(workdir.glob('events.out.tfevents.*'))
+  assert list((workdir / 'panels').glob('*.png'))
+  assert checkpoints.load_config(workdir).model.num_classes == synthetic.NUM_CLASSES
+
+
+def test_kill_and_resume_is_bitwise_identical(tmp_path, uninterrupted, env, data_dir):
+  workdir = tmp_path / 'run_b'
+  args = command(workdir, data_dir)
+  process = subprocess.Popen(
+    args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+  )
+  first = workdir / 'checkpoints' / '2'
+  deadline = time.time() + 300
+  while not first.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert process.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+  killed_at = checkpoints.resolve_checkpoint(workdir)[1]
+  assert killed_at < NUM_STEPS
+  run(args, env)  # The same command resumes from the last checkpoint.
+  expected = final_variables(uninterrupted[0])
+  resumed = final_variables(workdir)
+  flat_expected = jax.tree_util.tree_leaves_with_path(expected)
+  flat_resumed = dict(jax.tree_util.tree_leaves_with_path(resumed))
+  assert len(flat_expected) == len(flat_resumed)
+  for path, value in flat_expected:
+    np.testing.assert_array_equal(flat_resumed[path], value, err_msg=jax.tree_util.keystr(path))
+
+
+def test_eval_mode_evaluates_a_checkpoint(tmp_path, uninterrupted, data_dir, capsys):
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = data_dir
+  config.mode = 'eval'
+  config.init_from = str(uninterrupted[0])
+  config.data.eval_split = 'validation'
+  results = train.train_and_evaluate(config, str(tmp_path))
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written['split'] == 'validation' and written['step'] == NUM_STEPS
+  assert written['mAP@0.5'] == pytest.approx(results['mAP@0.5'])
+  for key in METRIC_KEYS:
+    assert key in written
+  assert 'bathtub' in capsys.readouterr().out
+
+
+def test_eval_mode_needs_init_from(tmp_path):
+  config = synthetic.get_config('smoke')
+  config.mode = 'eval'
+  with pytest.raises(ValueError, match='init_from'):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+  ('environ', 'expected'),
+  [
+    ({}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'localhost'}, False),
+    ({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'}, True),
+    ({'SLURM_NTASKS': '1'}, False),
+    ({'SLURM_NTASKS': '8'}, True),
+    ({'OMPI_COMM_WORLD_SIZE': '2'}, True),
+    ({'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234'}, True),
+  ],
+)
+def test_is_multihost(environ, expected):
+  assert main.is_multihost(environ) is expected
+
+
+def test_unknown_mode_is_an_error(tmp_path):
+  config = ml_collections.ConfigDict({'mode': 'predict'})
+  with pytest.raises(ValueError, match='mode'):
+    train.train_and_evaluate(config, str(tmp_path))
