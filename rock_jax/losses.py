@@ -11,12 +11,6 @@ indexing) and returns a scalar. Normalisation:
 
 Task losses are chosen by task name (`TASK_LOSSES`), falling back on the task kind
 (`KIND_LOSSES`); register a new task by adding an entry.
-
-`disparity` (Cityscapes) uses the depth loss in log space on the disparity value (in
-pixels), clamped to `[loss.min_disparity, loss.max_disparity]` (defaults 1 and 256 px
-when the config has no such fields). Because depth = f B / disparity, log-disparity is
-minus log-depth plus a constant, so the log-space berHu keeps the same scale invariance
-as for depth, and the prediction is a log-disparity.
 """
 
 from __future__ import annotations
@@ -288,22 +282,6 @@ def _depth_task(task: str, aux: Mapping[str, Array], batch: Mapping[str, Array],
   )
 
 
-def _disparity_task(
-  task: str, aux: Mapping[str, Array], batch: Mapping[str, Array], config
-) -> Array:
-  loss = config.loss
-  return log_space_regression_loss(
-    aux[task],
-    batch[task],
-    batch[f'{task}_mask'],
-    batch[f'has_{task}'],
-    kind=loss.depth,
-    c=loss.depth_c,
-    min_value=loss.get('min_disparity', 1.0),
-    max_value=loss.get('max_disparity', 256.0),
-  )
-
-
 def _normals_task(task: str, aux: Mapping[str, Array], batch: Mapping[str, Array], config) -> Array:
   return normals_loss(
     aux[task],
@@ -318,7 +296,6 @@ def _normals_task(task: str, aux: Mapping[str, Array], batch: Mapping[str, Array
 TASK_LOSSES: dict[str, TaskLoss] = {
   'scene': _scene_task,
   'depth': _depth_task,
-  'disparity': _disparity_task,
   'normals': _normals_task,
 }
 KIND_LOSSES: dict[str, TaskLoss] = {

@@ -224,25 +224,26 @@ def test_multi_loss_all_missing_and_no_tasks():
   assert set(parts) == {'cls', 'loc'}
 
 
-def test_aux_weights_zero_and_disparity():
+def test_aux_weights_zero_and_kind_fallback():
+  # A task with no loss of its own name takes the loss of its kind.
   config = get_base_config()
-  config.model.tasks = 'disparity'
-  config.model.task_specs.disparity = dict(kind='dense_scalar', width=8, components=1)
-  config.loss.weights.disparity = 0.0
+  config.model.tasks = 'height'
+  config.model.task_specs.height = dict(kind='dense_scalar', width=8, components=1)
+  config.loss.weights.height = 0.0
   logits, cls_targets, box_preds, box_targets = _fixture(batch=3)
   rng = np.random.default_rng(0)
   batch = {
     'box_targets': box_targets,
     'cls_targets': cls_targets,
-    'disparity': rng.uniform(0, 100, (3, 3, 4)).astype(np.float32),
-    'disparity_mask': np.ones((3, 3, 4), np.float32),
-    'has_disparity': np.ones(3, np.float32),
+    'height': rng.uniform(0, 100, (3, 3, 4)).astype(np.float32),
+    'height_mask': np.ones((3, 3, 4), np.float32),
+    'has_height': np.ones(3, np.float32),
   }
-  aux = {'disparity': rng.normal(size=(3, 3, 4)).astype(np.float32)}
+  aux = {'height': rng.normal(size=(3, 3, 4)).astype(np.float32)}
   total, parts = losses.multi_loss(
     {'boxes': box_preds, 'logits': logits, 'aux': aux}, batch, config=config
   )
-  assert float(parts['disparity']) > 0
+  assert float(parts['height']) > 0
   np.testing.assert_allclose(total, parts['cls'] + 3.0 * parts['loc'], rtol=1e-6)
   with pytest.raises(ValueError, match='No loss'):
     losses.task_loss_fn('unknown', config)

@@ -1,0 +1,440 @@
+"""Run a trained detector on a folder of images: COCO-style JSON and Figure-3 panels.
+
+  python -m rock_jax.detect --checkpoint=WORKDIR --images=FOLDER --out=OUT \
+      [--config=configs/nyuv2.py] [--score_threshold=0.3]
+
+Images of any size and mode are read with PIL (EXIF orientation applied), resized
+to `config.data.image_size` and normalised as in training; detections come back
+as normalised boxes and are mapped to the original pixels. Writes:
+- `OUT/detections.json`: COCO results, `{image_id, category_id, bbox: [x, y, w, h]
+  in original pixels, score}` (every detection above `config.eval.score_threshold`);
+- `OUT/images.json`: `images` (id, file_name, height, width) and `categories`
+  (id, name), so the results load with pycocotools next to a matching ground truth;
+- `OUT/panels/<name>.png`: the Figure-3 row of each image (`rock_jax.panels`).
+
+Without `--config`, the config saved with the checkpoint is used; with it, the
+checkpoint must match the model it builds (a one-line error says what differs).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from etils import epath
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rock_jax import boxes as box_lib
+from rock_jax import checkpoints, input_pipeline, panels, postprocess
+from rock_jax.models import detector, rock
+
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
+# ImageNet statistics on [0, 1] pixels, exactly as the input pipeline normalises.
+MEAN_RGB = input_pipeline.IMAGENET_MEAN
+STDDEV_RGB = input_pipeline.IMAGENET_STD
+
+
+class DetectError(Exception):
+  """A user-facing failure; `str(error)` is one line."""
+
+
+@dataclasses.dataclass
+class LoadedModel:
+  """A detector with its variables and everything needed to read its outputs.
+
+  Attributes:
+    config: the experiment config the model was built from.
+    model: the Flax module.
+    variables: `{'params', 'batch_stats'}` as numpy arrays.
+    default_boxes: `[A, 4]` `(cy, cx, h, w)` for `config.data.image_size`.
+    class_names: the C foreground class names (index = class id - 1).
+    task_kinds: auxiliary task name -> kind, in config order.
+    label_names: task name -> class names for image-level class tasks.
+    step: the checkpoint step.
+  """
+
+  config: ml_collections.ConfigDict
+  model: detector.Detector
+  variables: dict[str, Any]
+  default_boxes: np.ndarray
+  class_names: tuple[str, ...]
+  task_kinds: dict[str, str]
+  label_names: dict[str, tuple[str, ...]]
+  step: int
+
+
+def _one_line(error: Exception) -> str:
+  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  more = f' (and {len(lines) - 2} more)' if len(lines) > 2 else ''
+  return ' '.join(lines[:2]) + more
+
+
+def _dataset_names(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """Object and scene class names from the dataset builder's features.
+
+  Reads the builder's `info` (from its code, or from `data.data_dir` when the dataset
+  is prepared there) without preparing anything, so detection works on a machine
+  without the data. Any failure (unknown builder, no `objects` feature) gives `()`.
+  """
+  try:
+    import tensorflow_datasets as tfds  # Only here: TFDS pulls in TensorFlow.
+
+    module = importlib.import_module(f'rock_jax.datasets.{config.data.name}')  # Registers it.
+    name = getattr(module, 'BUILDER_NAME', config.data.name)
+    builder_config = config.data.get('builder_config')
+    full = f'{name}/{builder_config}' if builder_config else name
+    features = tfds.builder(full, data_dir=config.data.get('data_dir')).info.features
+    objects = tuple(features['objects']['label'].names)
+    scenes = tuple(features['scene'].names) if 'scene' in features else ()
+  except Exception as e:  # noqa: BLE001 - names are cosmetic: fall back to 'class k'.
+    logging.warning('No class names for dataset %r: %s', config.data.name, _one_line(e))
+    return (), ()
+  return objects, scenes
+
+
+def class_names_for(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict]:
+  """Returns the detector's class names and the image-level tasks' label names.
+
+  Names come from the dataset's builder when it fixes them and the count matches the
+  config; otherwise they fall back to 'class k' (e.g. a custom MLT class list).
+
+  Args:
+    config: the experiment config.
+
+  Returns:
+    `(class_names, label_names)` with `label_names[task]` for image_class tasks.
+  """
+  objects, scenes = _dataset_names(config)
+  num_classes = int(config.model.num_classes)
+  if len(objects) != num_classes:
+    objects = tuple(f'class {k}' for k in range(1, num_classes + 1))
+  label_names = {}
+  for task in rock.parse_tasks(config.model):
+    if task.kind == 'image_class':
+      names = scenes if len(scenes) == task.width else ()
+      label_names[task.name] = names or tuple(f'{task.name} {k}' for k in range(task.width))
+  return objects, label_names
+
+
+def load_model(
+  checkpoint: str | os.PathLike, config: ml_collections.ConfigDict | None = None
+) -> LoadedModel:
+  """Loads a checkpoint's variables into the detector its config describes.
+
+  Args:
+    checkpoint: a workdir, its `checkpoints` folder or one step folder.
+    config: the experiment config; None uses the one saved with the checkpoint.
+
+  Returns:
+    The loaded model.
+
+  Raises:
+    DetectError: no checkpoint there, or a checkpoint that does not fit the model.
+  """
+  try:
+    directory, step = checkpoints.resolve_checkpoint(checkpoint)
+  except FileNotFoundError:
+    raise DetectError(f'no checkpoint found at {checkpoint}') from None
+  if config is None:
+    config = checkpoints.load_config(directory / str(step))
+  model = detector.build_model(config)
+  height, width = config.data.image_size
+  try:
+    abstract = jax.eval_shape(
+      lambda: model.init(
+        jax.random.key(0), jnp.zeros((1, height, width, 3), jnp.float32), train=False
+      )
+    )
+  except (ValueError, KeyError, TypeError) as e:
+    raise DetectError(f'cannot build the model of this config: {_one_line(e)}') from None
+  loaded = checkpoints.load_variables(directory / str(step))
+  try:
+    # Nothing excluded: every leaf must load with the model's shape.
+    variables = checkpoints.merge_variables(dict(abstract), loaded)
+  except ValueError as e:
+    detail = _one_line(e).split('must keep its fresh init: ', 1)[-1]
+    raise DetectError(
+      f'checkpoint {directory}/{step} does not match the config '
+      f'(variant {config.model.variant!r}, {config.model.num_classes} classes): {detail}'
+    ) from None
+  class_names, label_names = class_names_for(config)
+  task_kinds = {t.name: t.kind for t in rock.parse_tasks(config.model)}
+  if config.model.variant == 'baseline':
+    task_kinds = {}
+  return LoadedModel(
+    config=config,
+    model=model,
+    variables=variables,
+    default_boxes=box_lib.default_boxes(config.model, (height, width)),
+    class_names=class_names,
+    task_kinds=task_kinds,
+    label_names=label_names,
+    step=step,
+  )
+
+
+def list_images(folder: str | os.PathLike) -> list[epath.Path]:
+  """Returns the image files of a folder (not recursive), sorted by name.
+
+  Raises:
+    DetectError: the folder does not exist or holds no image.
+  """
+  folder = epath.Path(folder)
+  if not folder.is_dir():
+    raise DetectError(f'image folder not found: {folder}')
+  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+  if not files:
+    raise DetectError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
+  return files
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+  """Reads an image as uint8 RGB `[H, W, 3]`, upright per its EXIF orientation.
+
+  Raises:
+    DetectError: the file cannot be read or decoded as an image.
+  """
+  try:
+    with epath.Path(path).open('rb') as f:
+      image = Image.open(f)
+      image = ImageOps.exif_transpose(image)
+      return np.asarray(image.convert('RGB'))
+  except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    raise DetectError(f'cannot read image {path}: {_one_line(e)}') from None
+
+
+def check_images(files: Sequence[epath.Path]) -> None:
+  """Opens every file's header, so a bad file fails before the model loads.
+
+  Raises:
+    DetectError: naming the first file that is not a readable image.
+  """
+  for path in files:
+    try:
+      with path.open('rb') as f, Image.open(f) as image:
+        image.size  # noqa: B018 - parsing the header is the check.
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+      raise DetectError(f'cannot read image {path}: {_one_line(e)}') from None
+
+
+def preprocess(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
+  """Resizes an RGB uint8 image to `image_size` (H, W) and normalises it.
+
+  The whole image is resized (no crop, no padding), as the training pipeline does
+  after its crops, so boxes map back with one scale per axis.
+
+  Returns:
+    float32 `[H, W, 3]`.
+  """
+  height, width = image_size
+  resized = Image.fromarray(image).resize((width, height), Image.BILINEAR)
+  x = np.asarray(resized, np.float32) / 255.0
+  return (x - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STDDEV_RGB, np.float32)
+
+
+def make_predict_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[dict, dict]]:
+  """Returns `images [B, H, W, 3] -> (detections, aux)` as numpy, jitted once per B.
+
+  Detections are postprocess's output (normalised yxyx boxes, scores, classes 1..C,
+  num) with the config's evaluation settings; aux the detector's auxiliary outputs.
+  """
+  config = loaded.config
+  default_boxes = jnp.asarray(loaded.default_boxes)
+
+  @jax.jit
+  def predict(variables, images):
+    outputs = loaded.model.apply(variables, images, train=False, with_aux=True)
+    det = postprocess.postprocess(
+      outputs['boxes'],
+      outputs['logits'],
+      default_boxes,
+      score_threshold=config.eval.score_threshold,
+      pre_nms_top_k=config.eval.pre_nms_top_k,
+      nms_iou=config.eval.nms_iou,
+      max_detections=config.eval.max_detections,
+      variances=tuple(config.model.ssd.variances),
+    )
+    return det, outputs['aux']
+
+  def run(images: np.ndarray) -> tuple[dict, dict]:
+    det, aux = predict(loaded.variables, jnp.asarray(images, jnp.float32))
+    return jax.tree.map(np.asarray, det), jax.tree.map(np.asarray, aux)
+
+  return run
+
+
+def to_coco(
+  det: dict[str, np.ndarray], image_id: int, orig_size: Sequence[int]
+) -> list[dict[str, Any]]:
+  """Converts one image's detections to COCO results in original pixels.
+
+  Args:
+    det: one image of postprocess's output (no batch axis).
+    image_id: the COCO image id.
+    orig_size: `(H, W)` of the original image.
+
+  Returns:
+    `[{image_id, category_id, bbox: [x, y, w, h], score}, ...]`, best first.
+  """
+  height, width = orig_size
+  results = []
+  for i in range(int(det['num'])):
+    ymin, xmin, ymax, xmax = np.asarray(det['boxes'][i], np.float64) * ([height, width] * 2)
+    results.append(
+      {
+        'image_id': int(image_id),
+        'category_id': int(det['classes'][i]),
+        'bbox': [round(float(v), 2) for v in (xmin, ymin, xmax - xmin, ymax - ymin)],
+        'score': round(float(det['scores'][i]), 5),
+      }
+    )
+  return results
+
+
+def _index(tree: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
+  return {k: v[i] for k, v in tree.items()}
+
+
+def run(
+  checkpoint: str | os.PathLike,
+  images: str | os.PathLike,
+  out: str | os.PathLike,
+  *,
+  config: ml_collections.ConfigDict | None = None,
+  score_threshold: float = 0.3,
+  batch_size: int = 1,
+  tile_height: int = 240,
+  write_panels: bool = True,
+) -> dict[str, Any]:
+  """Detects objects in every image of a folder and writes the JSON files and panels.
+
+  Args:
+    checkpoint: see `load_model`.
+    images: folder of images.
+    out: output folder (created).
+    config: the experiment config; None uses the checkpoint's.
+    score_threshold: panels draw detections at or above it (the JSON keeps every
+      detection above `config.eval.score_threshold`).
+    batch_size: images per forward pass (the last batch is padded).
+    tile_height: panel tile height in pixels.
+    write_panels: write `panels/<name>.png`.
+
+  Returns:
+    A summary: `num_images`, `num_detections`, `step` and the written paths.
+
+  Raises:
+    DetectError: a missing checkpoint, a checkpoint that does not match the
+      config, a missing or empty folder, or an unreadable image.
+  """
+  if batch_size < 1:
+    raise DetectError(f'batch_size must be >= 1, got {batch_size}')
+  files = list_images(images)
+  check_images(files)
+  loaded = load_model(checkpoint, config)
+  image_size = tuple(loaded.config.data.image_size)
+  predict = make_predict_fn(loaded)
+  out = epath.Path(out)
+  (out / 'panels').mkdir(parents=True, exist_ok=True)
+
+  results, image_infos = [], []
+  for start in range(0, len(files), batch_size):
+    chunk = files[start : start + batch_size]
+    originals = [read_image(p) for p in chunk]
+    batch = np.stack([preprocess(im, image_size) for im in originals])
+    if len(chunk) < batch_size:  # Pad to a fixed shape: one compilation for the run.
+      pad = np.zeros((batch_size - len(chunk), *batch.shape[1:]), batch.dtype)
+      batch = np.concatenate([batch, pad])
+    det, aux = predict(batch)
+    for j, (path, original) in enumerate(zip(chunk, originals, strict=True)):
+      image_id = start + j + 1
+      one_det, one_aux = _index(det, j), _index(aux, j)
+      height, width = original.shape[:2]
+      image_infos.append({'id': image_id, 'file_name': path.name, 'height': height, 'width': width})
+      results.extend(to_coco(one_det, image_id, (height, width)))
+      if write_panels:
+        panel = panels.figure3_panel(
+          original,
+          one_det,
+          one_aux,
+          class_names=loaded.class_names,
+          task_kinds=loaded.task_kinds,
+          label_names=loaded.label_names,
+          score_threshold=score_threshold,
+          tile_height=tile_height,
+        )
+        with (out / 'panels' / f'{path.stem}.png').open('wb') as f:
+          panel.save(f, format='PNG')
+
+  categories = [{'id': k + 1, 'name': name} for k, name in enumerate(loaded.class_names)]
+  (out / 'detections.json').write_text(json.dumps(results))
+  (out / 'images.json').write_text(
+    json.dumps({'images': image_infos, 'categories': categories}, indent=1)
+  )
+  return {
+    'num_images': len(files),
+    'num_detections': len(results),
+    'step': loaded.step,
+    'detections': str(out / 'detections.json'),
+    'images': str(out / 'images.json'),
+    'panels': str(out / 'panels') if write_panels else None,
+  }
+
+
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config_flag = config_flags.DEFINE_config_file(
+    'config', None, 'Experiment config (default: the one saved with the checkpoint).'
+  )
+  flags.DEFINE_string('checkpoint', None, 'Workdir, checkpoints folder or step folder.')
+  flags.DEFINE_string('images', None, 'Folder of images to run on.')
+  flags.DEFINE_string('out', None, 'Output folder.')
+  flags.DEFINE_float('score_threshold', 0.3, 'Panels draw detections scoring at least this.')
+  flags.DEFINE_integer('batch_size', 1, 'Images per forward pass.')
+  flags.DEFINE_integer('tile_height', 240, 'Panel tile height in pixels.')
+  flags.DEFINE_bool('panels', True, 'Write a Figure-3 panel per image.')
+  flags.mark_flags_as_required(['checkpoint', 'images', 'out'])
+  values = flags.FLAGS
+
+  def main(argv: Sequence[str]) -> None:
+    del argv
+    # Orbax logs every restore at INFO/WARNING; this tool reports on stdout/stderr itself.
+    logging.set_verbosity(logging.ERROR)
+    try:
+      summary = run(
+        values.checkpoint,
+        values.images,
+        values.out,
+        config=config_flag.value,
+        score_threshold=values.score_threshold,
+        batch_size=values.batch_size,
+        tile_height=values.tile_height,
+        write_panels=values.panels,
+      )
+    except DetectError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+    print(
+      f'{summary["num_images"]} images, {summary["num_detections"]} detections '
+      f'(checkpoint step {summary["step"]}) -> {values.out}'
+    )
+
+  app.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

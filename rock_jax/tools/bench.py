@@ -1,0 +1,403 @@
+"""Complexity and speed of the detection baseline and ROCK, side by side (paper Table 4).
+
+  python -m rock_jax.tools.bench --config=configs/nyuv2.py [--out=FILE] \
+      [--image_size=480,640] [--batch=8] [--iters=10] [--dtypes=float32,bfloat16]
+
+For each variant (`baseline`, then `rock`, built from the same config) and each
+compute dtype, in one process on one machine:
+- parameters and FLOPs per image (`rock_jax.tools.summary.summarize`: XLA cost
+  analysis of the forward pass with auxiliary outputs, one image);
+- inference: the network's forward pass (`train=False`, no auxiliary outputs,
+  no NMS) in ms/image at batch 1 and images/s at `--batch`;
+- training: images/s of the trainer's real `train_step` (forward, multi-task
+  loss, backward, Adam update) at `--batch`, on synthetic targets;
+and the ROCK / baseline ratios (paper: +17 % parameters, +7 % time). Timings are
+the median of `--iters` calls after `--warmup` calls (the first one compiles).
+The markdown table is printed and, with `--out`, written to a file. On a GPU the
+default dtypes are float32 and bfloat16; elsewhere float32 only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from rock_jax import boxes as box_lib
+from rock_jax import train
+from rock_jax.models import detector, rock
+from rock_jax.tools import summary
+
+VARIANTS = ('baseline', 'rock')
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurement:
+  """One variant at one compute dtype.
+
+  Attributes:
+    variant: 'baseline' or 'rock' (any `config.model.variant`).
+    dtype: compute dtype.
+    params: number of parameters.
+    flops: FLOPs per image of the inference forward pass.
+    infer_ms: inference milliseconds per image at batch 1.
+    infer_ips: inference images/s at the large batch.
+    train_ips: training images/s at the large batch (None when skipped).
+  """
+
+  variant: str
+  dtype: str
+  params: int
+  flops: float
+  infer_ms: float
+  infer_ips: float
+  train_ips: float | None
+
+
+def variant_config(
+  config: ml_collections.ConfigDict,
+  variant: str,
+  *,
+  image_size: Sequence[int] | None = None,
+  dtype: str = 'float32',
+) -> ml_collections.ConfigDict:
+  """Returns a copy of `config` for one variant, image size and compute dtype."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.model.variant = variant
+  config.model.dtype = dtype
+  if image_size is not None:
+    config.data.image_size = tuple(int(s) for s in image_size)
+  return config
+
+
+def median_seconds(fn: Callable[[], Any], *, iters: int, warmup: int) -> float:
+  """Median wall time of `fn()` (which must block until its result is ready)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(iters):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def _init_variables(model: detector.Detector, image_size: Sequence[int]) -> dict[str, Any]:
+  height, width = image_size
+  images = jnp.zeros((1, height, width, 3), jnp.float32)
+  return jax.jit(functools.partial(model.init, train=False))(jax.random.key(0), images)
+
+
+def inference_seconds(
+  config: ml_collections.ConfigDict, batches: Sequence[int], *, iters: int, warmup: int
+) -> dict[int, float]:
+  """Median seconds of one jitted inference forward pass, per batch size.
+
+  Args:
+    config: the variant's config.
+    batches: batch sizes to time (one compilation each, same jitted function).
+    iters: timed calls per batch size.
+    warmup: untimed calls first.
+
+  Returns:
+    Batch size -> median seconds per call.
+  """
+  model = detector.build_model(config)
+  height, width = config.data.image_size
+  variables = _init_variables(model, (height, width))
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False, with_aux=False))
+  out = {}
+  for batch in dict.fromkeys(batches):
+    images = jax.random.normal(jax.random.key(1), (batch, height, width, 3), jnp.float32)
+    run = functools.partial(lambda x: jax.block_until_ready(forward(variables, x)), images)
+    out[batch] = median_seconds(run, iters=iters, warmup=warmup)
+  return out
+
+
+def synthetic_train_batch(
+  config: ml_collections.ConfigDict, batch: int, seed: int = 0
+) -> dict[str, np.ndarray]:
+  """A batch with the input pipeline's keys and shapes (DESIGN.md), random but valid.
+
+  About 2 % of the anchors are positives, so the hard-negative mining and the box
+  loss do the same work as on real data.
+  """
+  rng = np.random.default_rng(seed)
+  height, width = config.data.image_size
+  num_anchors = len(box_lib.default_boxes(config.model, (height, width)))
+  h, w = box_lib.feature_map_sizes(
+    (height, width), config.model.backbone.output_stride, len(config.model.ssd.extra_layers)
+  )[0]
+  cls = rng.integers(1, config.model.num_classes + 1, (batch, num_anchors))
+  cls = np.where(rng.random((batch, num_anchors)) < 0.02, cls, 0).astype(np.int32)
+  data = {
+    'image': rng.normal(size=(batch, height, width, 3)).astype(np.float32),
+    'box_targets': rng.normal(size=(batch, num_anchors, 4)).astype(np.float32),
+    'cls_targets': cls,
+  }
+  for task in rock.parse_tasks(config.model) if config.model.variant != 'baseline' else ():
+    ones = np.ones((batch,), np.float32)
+    if task.kind == 'image_class':
+      data[task.name] = rng.integers(0, task.width, (batch,)).astype(np.int32)
+      data[f'{task.name}_mask'] = ones
+    elif task.kind == 'dense_scalar':
+      data[task.name] = rng.uniform(0.5, 8.0, (batch, h, w)).astype(np.float32)
+      data[f'{task.name}_mask'] = np.ones((batch, h, w), np.float32)
+    else:
+      v = rng.normal(size=(batch, h, w, task.components)).astype(np.float32)
+      data[task.name] = v / np.linalg.norm(v, axis=-1, keepdims=True)
+      data[f'{task.name}_mask'] = np.ones((batch, h, w), np.float32)
+    data[f'has_{task.name}'] = ones
+  keys = train.train_batch_keys(config)
+  missing = [k for k in keys if k not in data]
+  if missing:
+    raise ValueError(f'No synthetic data for the train step inputs {missing}.')
+  return {k: data[k] for k in keys}
+
+
+def train_seconds(
+  config: ml_collections.ConfigDict, batch: int, *, iters: int, warmup: int
+) -> float:
+  """Median seconds of one real `train.train_step` on a global batch of `batch`."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.train.batch_size = batch
+  mesh = train.create_mesh(batch)
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P('data'))
+  model = detector.build_model(config)
+  with jax.set_mesh(mesh):
+    init_fn = jax.jit(
+      functools.partial(train.create_train_state, config, model), out_shardings=replicated
+    )
+    state = init_fn(jax.random.key(0))
+    step_fn = jax.jit(
+      functools.partial(train.train_step, model=model, config=config),
+      in_shardings=(replicated, data_sharding, replicated),
+      out_shardings=(replicated, replicated),
+      donate_argnums=(0,),
+    )
+    data = train.shard_batch(synthetic_train_batch(config, batch), data_sharding)
+    rng = jax.device_put(jax.random.key(1), replicated)
+
+    def run():
+      nonlocal state
+      state, metrics = step_fn(state, data, rng)
+      jax.block_until_ready(metrics['loss'])
+
+    return median_seconds(run, iters=iters, warmup=warmup)
+
+
+def measure(
+  config: ml_collections.ConfigDict,
+  *,
+  batch: int,
+  iters: int,
+  warmup: int,
+  with_train: bool = True,
+  complexity: dict[str, Any] | None = None,
+) -> Measurement:
+  """Measures one variant config (see the module docstring).
+
+  Args:
+    config: the variant's config (`variant_config`).
+    batch: the large batch of the throughput measurements.
+    iters: timed calls per measurement.
+    warmup: untimed calls first.
+    with_train: also time the train step.
+    complexity: `summary.summarize(config)` when already computed (parameters and
+      FLOPs do not depend on the compute dtype).
+
+  Returns:
+    The measurement.
+  """
+  complexity = complexity or summary.summarize(config)
+  infer = inference_seconds(config, (1, batch), iters=iters, warmup=warmup)
+  train_n = train_seconds(config, batch, iters=iters, warmup=warmup) if with_train else None
+  return Measurement(
+    variant=config.model.variant,
+    dtype=config.model.dtype,
+    params=int(complexity['params_total']),
+    flops=float(complexity['flops']),
+    infer_ms=infer[1] * 1e3,
+    infer_ips=batch / infer[batch],
+    train_ips=None if train_n is None else batch / train_n,
+  )
+
+
+def benchmark(
+  config: ml_collections.ConfigDict,
+  *,
+  image_size: Sequence[int] | None = None,
+  batch: int = 8,
+  iters: int = 10,
+  warmup: int = 2,
+  dtypes: Sequence[str] = ('float32',),
+  variants: Sequence[str] = VARIANTS,
+  with_train: bool = True,
+) -> list[Measurement]:
+  """Measures every variant at every dtype (variants adjacent within a dtype).
+
+  Args:
+    config: the experiment config; each variant is derived from it.
+    image_size: (H, W) override of `config.data.image_size`.
+    batch: the large batch of the throughput measurements.
+    iters: timed calls per measurement.
+    warmup: untimed calls first.
+    dtypes: compute dtypes.
+    variants: `config.model.variant` values, e.g. ('baseline', 'rock').
+    with_train: also time the train step.
+
+  Returns:
+    One measurement per (dtype, variant).
+  """
+  # Parameters and FLOPs per image (summary.py: eval_shape + XLA cost analysis of one
+  # image), once per variant.
+  complexity = {
+    v: summary.summarize(variant_config(config, v, image_size=image_size)) for v in variants
+  }
+  return [
+    measure(
+      variant_config(config, variant, image_size=image_size, dtype=dtype),
+      batch=batch,
+      iters=iters,
+      warmup=warmup,
+      with_train=with_train,
+      complexity=complexity[variant],
+    )
+    for dtype in dtypes
+    for variant in variants
+  ]
+
+
+def _ratio(a: float | None, b: float | None, *, inverse: bool = False) -> str:
+  """'x1.17 (+17 %)' for a / b (or b / a with `inverse`, for throughputs)."""
+  if a is None or b is None or not a or not b:
+    return 'n/a'
+  r = b / a if inverse else a / b
+  return f'x{r:.3f} ({(r - 1) * 100:+.1f} %)'
+
+
+def markdown_table(measurements: Sequence[Measurement], *, batch: int, header: str = '') -> str:
+  """Formats the measurements, with ROCK / baseline ratio rows per dtype.
+
+  Time ratios are ratios of time per image (for throughputs, baseline / ROCK), so
+  every ratio reads like the paper's: > 1 means ROCK costs more.
+  """
+  lines = [header, ''] if header else []
+  lines += [
+    f'| Model | dtype | Params | GFLOPs/image | Inference ms/image (batch 1) '
+    f'| Inference images/s (batch {batch}) | Training images/s (batch {batch}) |',
+    '|---|---|---:|---:|---:|---:|---:|',
+  ]
+  by_key = {(m.variant, m.dtype): m for m in measurements}
+  for m in measurements:
+    train_ips = 'n/a' if m.train_ips is None else f'{m.train_ips:.2f}'
+    lines.append(
+      f'| {m.variant} | {m.dtype} | {m.params / 1e6:.3f}M | {m.flops / 1e9:.4g} '
+      f'| {m.infer_ms:.1f} | {m.infer_ips:.2f} | {train_ips} |'
+    )
+    base = by_key.get(('baseline', m.dtype))
+    if m.variant == 'rock' and base is not None:
+      lines.append(
+        f'| **ROCK / baseline** | {m.dtype} | {_ratio(m.params, base.params)} '
+        f'| {_ratio(m.flops, base.flops)} | {_ratio(m.infer_ms, base.infer_ms)} '
+        f'| {_ratio(m.infer_ips, base.infer_ips, inverse=True)} '
+        f'| {_ratio(m.train_ips, base.train_ips, inverse=True)} |'
+      )
+  lines.append('')
+  lines.append(
+    'Paper (Table 4, ResNet-50, 480x640): 27.8M -> 32.6M parameters (+17 %), '
+    '57 -> 61 ms/image (+7 %).'
+  )
+  return '\n'.join(lines) + '\n'
+
+
+def default_dtypes() -> tuple[str, ...]:
+  """float32, plus bfloat16 on a GPU (where it has tensor-core support)."""
+  return ('float32', 'bfloat16') if jax.devices()[0].platform == 'gpu' else ('float32',)
+
+
+def device_description() -> str:
+  """'N x <device kind> (<platform>)' of the default backend."""
+  devices = jax.devices()
+  return f'{len(devices)} x {devices[0].device_kind} ({devices[0].platform})'
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+  """Parses 'H,W' (or 'HxW').
+
+  Raises:
+    ValueError: not two positive integers.
+  """
+  parts = text.replace('x', ',').split(',')
+  try:
+    size = tuple(int(p) for p in parts)
+  except ValueError:
+    size = ()
+  if len(size) != 2 or min(size) <= 0:
+    raise ValueError(f'--image_size expects H,W (e.g. 480,640), got {text!r}')
+  return size
+
+
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  from absl import app, flags, logging
+  from etils import epath
+  from ml_collections import config_flags
+
+  # rock_jax.tools.summary (imported above) already defines --config when imported.
+  if 'config' not in flags.FLAGS:
+    config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
+  flags.DEFINE_string('out', None, 'Also write the markdown table to this file.')
+  flags.DEFINE_string('image_size', None, 'H,W (default: config.data.image_size).')
+  flags.DEFINE_integer('batch', 8, 'Batch of the throughput measurements.')
+  flags.DEFINE_integer('iters', 10, 'Timed calls per measurement (median).')
+  flags.DEFINE_integer('warmup', 2, 'Untimed calls first (the first one compiles).')
+  flags.DEFINE_list('dtypes', None, 'Compute dtypes (default: float32, + bfloat16 on GPU).')
+  flags.DEFINE_list('variants', list(VARIANTS), 'Model variants to compare.')
+  flags.DEFINE_bool('train', True, 'Also measure the training step.')
+  flags.mark_flags_as_required(['config'])
+  values = flags.FLAGS
+
+  def main(argv: Sequence[str]) -> None:
+    del argv
+    logging.set_verbosity(logging.WARNING)
+    config = values.config
+    image_size = parse_image_size(values.image_size) if values.image_size else None
+    measurements = benchmark(
+      config,
+      image_size=image_size,
+      batch=values.batch,
+      iters=values.iters,
+      warmup=values.warmup,
+      dtypes=tuple(values.dtypes or default_dtypes()),
+      variants=tuple(values.variants),
+      with_train=values.train,
+    )
+    height, width = image_size or config.data.image_size
+    backbone = config.model.backbone
+    header = (
+      f'Device: {device_description()}; input {height}x{width}; ResNet-{backbone.depth} '
+      f'(width {backbone.width}), output stride {backbone.output_stride}; '
+      f'{config.model.num_classes} classes; median of {values.iters} calls.'
+    )
+    table = markdown_table(measurements, batch=values.batch, header=header)
+    print(table)
+    if values.out:
+      epath.Path(values.out).write_text(table)
+
+  app.run(main)
+
+
+if __name__ == '__main__':
+  _cli()
