@@ -355,9 +355,7 @@ def _cli() -> None:
   from etils import epath
   from ml_collections import config_flags
 
-  # rock_jax.tools.summary (imported above) already defines --config when imported.
-  if 'config' not in flags.FLAGS:
-    config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
   flags.DEFINE_string('out', None, 'Also write the markdown table to this file.')
   flags.DEFINE_string('image_size', None, 'H,W (default: config.data.image_size).')
   flags.DEFINE_integer('batch', 8, 'Batch of the throughput measurements.')

@@ -15,14 +15,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app, flags
-from ml_collections import config_flags
 
 from rock_jax.models import detector
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
-_FLOPS = flags.DEFINE_bool('flops', True, 'Compile the forward pass to count FLOPs.')
 
 
 def _count(tree: Any) -> int:
@@ -107,13 +101,27 @@ def format_table(summary: dict[str, Any]) -> str:
   return '\n'.join(lines)
 
 
-def main(argv: list[str]) -> None:
-  """CLI entry point: prints the summary of --config."""
-  del argv
-  summary = summarize(_CONFIG.value, flops=_FLOPS.value)
-  print(json.dumps(summary) if _JSON.value else format_table(summary))
+def _cli() -> None:
+  """Defines the flags and prints the summary of --config.
+
+  Flags are defined here, not at import, so that other tools (bench, the trainer) can
+  import this module next to their own `--config` flag.
+  """
+  from absl import app, flags
+  from ml_collections import config_flags
+
+  config = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
+  as_json = flags.DEFINE_bool('json', False, 'Print one JSON object instead of a table.')
+  with_flops = flags.DEFINE_bool('flops', True, 'Compile the forward pass to count FLOPs.')
+  flags.mark_flags_as_required(['config'])
+
+  def main(argv: list[str]) -> None:
+    del argv
+    summary = summarize(config.value, flops=with_flops.value)
+    print(json.dumps(summary) if as_json.value else format_table(summary))
+
+  app.run(main)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['config'])
-  app.run(main)
+  _cli()
