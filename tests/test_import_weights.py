@@ -248,3 +248,44 @@ def test_cli(resnet18_state, tmp_path):
   lines = run.stderr.strip().splitlines()
   assert len(lines) == 1 and 'conv1.weight' in lines[0] and bad in lines[0], run.stderr
   assert not os.path.exists(tmp_path / 'out2')
+
+
+def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path):
+  """importer output -> `config.init_backbone` -> the trainer's first checkpoint."""
+  from configs import synthetic
+  from rock_jax import checkpoints, train
+
+  # He-scaled convs: the fixture's unit-variance kernels overflow a real forward pass.
+  resnet18_state = {
+    k: v * np.sqrt(2.0 / np.prod(v.shape[1:])) if v.ndim == 4 else v
+    for k, v in resnet18_state.items()
+  }
+  weights = str(tmp_path / 'weights')
+  import_weights.save(
+    import_weights.import_file(_npz(resnet18_state, tmp_path), 'torchvision', depth=18), weights
+  )
+
+  config = synthetic.get_config('smoke')
+  config.model.backbone.update(depth=18, width=64, stage_sizes=(), freeze_bn_stats=True)
+  config.init_backbone = weights
+  config.train.update(num_steps=1, learning_rate=0.0, checkpoint_every=1, eval_every=1)
+  config.eval.num_panels = 0
+  workdir = str(tmp_path / 'run')
+  train.train_and_evaluate(config, workdir)
+
+  # With a zero learning rate and frozen backbone statistics, step 1 still holds the import.
+  variables = checkpoints.load_variables(workdir)
+  np.testing.assert_allclose(
+    np.asarray(variables['params']['backbone']['stem_conv']['kernel']),
+    resnet18_state['conv1.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_allclose(
+    np.asarray(variables['batch_stats']['backbone']['stage3_block2']['bn1']['var']),
+    resnet18_state['layer3.1.bn1.running_var'],
+  )
+
+
+def _npz(state: dict[str, np.ndarray], directory) -> str:
+  path = str(directory / 'resnet18.npz')
+  np.savez(path, **state)
+  return path
