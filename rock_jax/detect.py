@@ -256,16 +256,7 @@ def make_predict_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[dict, d
   @jax.jit
   def predict(variables, images):
     outputs = loaded.model.apply(variables, images, train=False, with_aux=True)
-    det = postprocess.postprocess(
-      outputs['boxes'],
-      outputs['logits'],
-      default_boxes,
-      score_threshold=config.eval.score_threshold,
-      pre_nms_top_k=config.eval.pre_nms_top_k,
-      nms_iou=config.eval.nms_iou,
-      max_detections=config.eval.max_detections,
-      variances=tuple(config.model.ssd.variances),
-    )
+    det = postprocess.postprocess_outputs(outputs, default_boxes, config)
     return det, outputs['aux']
 
   def run(images: np.ndarray) -> tuple[dict, dict]:

@@ -136,16 +136,7 @@ def eval_step(
     (postprocess' detections, `aux_metric_sums`, the auxiliary outputs).
   """
   outputs = model.apply(variables, batch['image'], train=False, with_aux=bool(eval_tasks(config)))
-  det = postprocess.postprocess(
-    outputs['boxes'],
-    outputs['logits'],
-    default_boxes,
-    score_threshold=config.eval.score_threshold,
-    pre_nms_top_k=config.eval.pre_nms_top_k,
-    nms_iou=config.eval.nms_iou,
-    max_detections=config.eval.max_detections,
-    variances=tuple(config.model.ssd.variances),
-  )
+  det = postprocess.postprocess_outputs(outputs, default_boxes, config)
   aux = outputs.get('aux') or {}
   return det, aux_metric_sums(aux, batch, config), dict(aux)
 

@@ -14,7 +14,8 @@ candidate before it overlaps it; this is exactly the sequential greedy algorithm
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -115,3 +116,28 @@ def postprocess(
     'classes': out_classes.astype(jnp.int32),
     'num': jnp.sum(kept, axis=-1).astype(jnp.int32),
   }
+
+
+def postprocess_outputs(
+  outputs: Mapping[str, jax.Array], default_boxes: jax.Array, config: Any
+) -> dict[str, jax.Array]:
+  """`postprocess` of the detector's outputs with the config's evaluation settings.
+
+  Args:
+    outputs: the detector's output dict (`boxes`, `logits`).
+    default_boxes: `[A, 4]` default boxes of the model.
+    config: the experiment config (`eval.*`, `model.ssd.variances`).
+
+  Returns:
+    The detections dict of `postprocess`.
+  """
+  return postprocess(
+    outputs['boxes'],
+    outputs['logits'],
+    default_boxes,
+    score_threshold=config.eval.score_threshold,
+    pre_nms_top_k=config.eval.pre_nms_top_k,
+    nms_iou=config.eval.nms_iou,
+    max_detections=config.eval.max_detections,
+    variances=tuple(config.model.ssd.variances),
+  )
