@@ -43,7 +43,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rock_jax.datasets import files, geometry
+from rock_jax.datasets import features, files, geometry
 
 # The registered TFDS name (not 'cityscapes', which TFDS' catalogue already uses).
 BUILDER_NAME = 'cityscapes_rock'
@@ -113,20 +113,12 @@ class CityscapesRock(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       description=__doc__.split('\n\n', 1)[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3)),
-          'depth': tfds.features.Tensor(shape=(HEIGHT, WIDTH), dtype=np.float32, encoding='zlib'),
-          'objects': tfds.features.Sequence(
-            {
-              'bbox': tfds.features.BBoxFeature(),
-              'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-            }
-          ),
-          'image_id': np.int64,
-          'city': tfds.features.Text(),
-          'frame': tfds.features.Text(),
-        }
+      features=features.example_features(
+        HEIGHT,
+        WIDTH,
+        CLASS_NAMES,
+        normals=False,
+        extra={'city': tfds.features.Text(), 'frame': tfds.features.Text()},
       ),
       homepage='https://www.cityscapes-dataset.com/',
     )

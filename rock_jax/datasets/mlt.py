@@ -53,7 +53,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from rock_jax.datasets import files, geometry
+from rock_jax.datasets import features, files, geometry
 
 BUILDER_NAME = 'mlt'  # The registered TFDS name.
 HEIGHT, WIDTH = 480, 640
@@ -237,26 +237,11 @@ class Mlt(tfds.core.GeneratorBasedBuilder):
     names = sorted(name for name, _ in self.builder_config.classes)
     return self.dataset_info_from_configs(
       description=__doc__.split('\n\n', 1)[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3)),
-          'depth': tfds.features.Tensor(shape=(HEIGHT, WIDTH), dtype=np.float32, encoding='zlib'),
-          'normals': tfds.features.Tensor(
-            shape=(HEIGHT, WIDTH, 3), dtype=np.float32, encoding='zlib'
-          ),
-          'normals_mask': tfds.features.Tensor(
-            shape=(HEIGHT, WIDTH), dtype=np.bool_, encoding='zlib'
-          ),
-          'objects': tfds.features.Sequence(
-            {
-              'bbox': tfds.features.BBoxFeature(),
-              'label': tfds.features.ClassLabel(names=names),
-            }
-          ),
-          'image_id': np.int64,
-          'house': tfds.features.Text(),
-          'view': tfds.features.Text(),
-        }
+      features=features.example_features(
+        HEIGHT,
+        WIDTH,
+        names,
+        extra={'house': tfds.features.Text(), 'view': tfds.features.Text()},
       ),
       homepage='https://github.com/yindaz/pbrs',
     )

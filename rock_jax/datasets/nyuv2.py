@@ -49,7 +49,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
-from rock_jax.datasets import files, geometry
+from rock_jax.datasets import features, files, geometry
 
 BUILDER_NAME = 'nyuv2'  # The registered TFDS name.
 HEIGHT, WIDTH = 480, 640
@@ -239,27 +239,12 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       description=__doc__.split('\n\n', 1)[0],
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3)),
-          'depth': tfds.features.Tensor(shape=(HEIGHT, WIDTH), dtype=np.float32, encoding='zlib'),
-          'normals': tfds.features.Tensor(
-            shape=(HEIGHT, WIDTH, 3), dtype=np.float32, encoding='zlib'
-          ),
-          'normals_mask': tfds.features.Tensor(
-            shape=(HEIGHT, WIDTH), dtype=np.bool_, encoding='zlib'
-          ),
-          'scene': tfds.features.ClassLabel(names=SCENE_TYPES),
-          'objects': tfds.features.Sequence(
-            {
-              'bbox': tfds.features.BBoxFeature(),
-              'label': tfds.features.ClassLabel(names=CLASS_NAMES),
-            }
-          ),
-          'image_id': np.int64,
-          'nyu_index': np.int64,
-          'sequence': tfds.features.Text(),
-        }
+      features=features.example_features(
+        HEIGHT,
+        WIDTH,
+        CLASS_NAMES,
+        scene_names=SCENE_TYPES,
+        extra={'nyu_index': np.int64, 'sequence': tfds.features.Text()},
       ),
       homepage='https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html',
       metadata=tfds.core.MetadataDict(),

@@ -24,7 +24,7 @@ import dataclasses
 import numpy as np
 import tensorflow_datasets as tfds
 
-from rock_jax.datasets import rooms_render
+from rock_jax.datasets import features, rooms_render
 
 _SPLITS = ('train', 'validation', 'test')
 # Image ids: split offset + index, unique within the dataset.
@@ -80,7 +80,6 @@ class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     h, w = self.builder_config.height, self.builder_config.width
-    zlib = tfds.features.Encoding.ZLIB  # Dense maps are smooth: zlib shrinks them a lot.
     return self.dataset_info_from_configs(
       description=(
         'Procedural indoor rooms rendered by numpy ray casting: '
@@ -88,21 +87,8 @@ class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
         'classes whose presence depends on the scene type, exact depth (metres, camera '
         'z) and camera-frame normals (x right, y down, z forward).'
       ),
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(h, w, 3), encoding_format='png'),
-          'depth': tfds.features.Tensor(shape=(h, w), dtype=np.float32, encoding=zlib),
-          'normals': tfds.features.Tensor(shape=(h, w, 3), dtype=np.float32, encoding=zlib),
-          'normals_mask': tfds.features.Tensor(shape=(h, w), dtype=np.bool_, encoding=zlib),
-          'scene': tfds.features.ClassLabel(names=rooms_render.SCENES),
-          'objects': tfds.features.Sequence(
-            {
-              'bbox': tfds.features.BBoxFeature(),
-              'label': tfds.features.ClassLabel(names=rooms_render.CLASSES),
-            }
-          ),
-          'image_id': np.int64,
-        }
+      features=features.example_features(
+        h, w, rooms_render.CLASSES, scene_names=rooms_render.SCENES
       ),
       homepage='https://github.com/rock_jax',
     )
