@@ -142,3 +142,23 @@ def test_color_jitter_is_deterministic_and_bounded():
   np.testing.assert_array_equal(a, b)
   assert not np.allclose(a, c)
   assert float(tf.reduce_min(a)) >= 0.0 and float(tf.reduce_max(a)) <= 1.0
+
+
+def test_color_jitter_identity_and_grey_preserving():
+  image = tf.random.stateless_uniform([8, 8, 3], [0, 1])
+  same = augment.color_jitter(
+    image, tf.constant([4, 5]), brightness=0, contrast=0, saturation=0, hue=0
+  )
+  np.testing.assert_allclose(same, image, atol=1e-5)
+  # Saturation and hue act on chroma only: a grey image stays grey, at its grey level.
+  grey = tf.fill([8, 8, 3], 0.4)
+  out = augment.color_jitter(
+    grey, tf.constant([4, 5]), brightness=0, contrast=0.0, saturation=0.5, hue=0.5
+  )
+  np.testing.assert_allclose(out, grey, atol=1e-5)
+  # Brightness alone scales every channel by one factor in [0.85, 1.15].
+  out = augment.color_jitter(
+    image, tf.constant([4, 5]), brightness=0.15, contrast=0, saturation=0, hue=0
+  )
+  ratio = (out / image).numpy()
+  assert np.ptp(ratio) < 1e-4 and 0.85 <= ratio.mean() <= 1.15
