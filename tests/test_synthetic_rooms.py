@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from rock_jax.datasets import rooms_render, synthetic_rooms
+from rock_jax.datasets import rooms_layout, rooms_render, synthetic_rooms
 
 
 def _render(seed: int, h: int = 48, w: int = 64) -> dict:
@@ -43,10 +43,10 @@ def test_dense_maps_are_valid():
 
 
 def test_floor_depth_and_normal_in_an_empty_room():
-  scene = rooms_render._Scene(size=np.array([5.0, 5.0, 2.8]))
+  scene = rooms_layout.Scene(size=np.array([5.0, 5.0, 2.8]))
   for m in ('floor', 'walls', 'ceiling'):
     del m
-    scene.material(rooms_render._Material(np.full(3, 0.5), np.zeros(3), rooms_render.PLAIN))
+    scene.material(rooms_layout.Material(np.full(3, 0.5), np.zeros(3), rooms_layout.PLAIN))
   pitch = np.radians(-30)  # Looking along +x, 30 degrees down, from 1.5 m.
   fwd = np.array([np.cos(pitch), 0.0, np.sin(pitch)])
   right = np.array([0.0, -1.0, 0.0])
@@ -69,7 +69,7 @@ def test_class_frequencies_depend_on_scene():
   counts = {s: collections.Counter() for s in rooms_render.SCENES}
   for s in rooms_render.SCENES:
     for i in range(25):
-      scene = rooms_render._furnish(np.random.default_rng([7, i]), s)
+      scene = rooms_layout.furnish(np.random.default_rng([7, i]), s)
       counts[s].update(rooms_render.CLASSES[k] for k in scene.labels)
   assert counts['bathroom']['toilet'] > 10
   assert all(counts[s]['toilet'] == 0 for s in rooms_render.SCENES if s != 'bathroom')
