@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 
 import fake_datasets as fd
 import h5py
@@ -170,26 +172,25 @@ def test_paper_with_val_split_file_and_eigen_normals(nyu, tmp_path):
   assert np.all(e['normals'][:40, :40] == 0)
 
 
-def test_tfds_build_cli_arguments(nyu, tmp_path):
-  """`tfds build` as its argument parser and command object run it.
-
-  The `tfds` entry point itself imports `mlcroissant` (not among the pinned
-  dependencies), so the `build` sub-command is parsed and executed directly.
-  """
-  simple_parsing = pytest.importorskip('simple_parsing')
-  from tensorflow_datasets.scripts.cli import build as tfds_build
-
-  args = simple_parsing.parse(
-    tfds_build.Args,
-    args=[
+def test_tfds_build_command_line(nyu, tmp_path):
+  """The real `tfds build` command of the environment builds the dataset."""
+  tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')
+  run = subprocess.run(
+    [
+      tfds_cli,
+      'build',
       'nyuv2/official',
       '--imports=rock_jax.datasets.nyuv2',
       f'--manual_dir={nyu["manual"]}',
       f'--data_dir={tmp_path}',
       '--max_examples_per_split=1',
     ],
+    capture_output=True,
+    text=True,
+    cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    check=False,
   )
-  args.execute()
+  assert run.returncode == 0, run.stderr[-2000:]
   builder = tfds.builder_cls('nyuv2')(config='official', data_dir=str(tmp_path))
   assert builder.info.splits['train'].num_examples == 1
 
