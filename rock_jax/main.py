@@ -69,7 +69,12 @@ def main(argv: Sequence[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, absolute_workdir(_WORKDIR.value))
+
+
+def absolute_workdir(path: str) -> str:
+  """Makes a local relative workdir absolute (Orbax rejects relative paths); URLs stay."""
+  return path if '://' in path else os.path.abspath(path)
 
 
 if __name__ == '__main__':
