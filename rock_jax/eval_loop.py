@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -318,7 +317,16 @@ class Evaluator:
     path.write_text(json.dumps(_to_json(results), indent=2, sort_keys=True) + '\n')
     name = f'{self.config.model.variant} ({self.config.model.tasks or "no aux"})'
     print(format_results(results, self.class_names, name), flush=True)
-    logging.info('Results written to %s', path)
+    workdir = epath.Path(workdir)
+    written = [
+      ('results', path),
+      ('TensorBoard logs', f'{workdir}  (tensorboard --logdir={workdir})'),
+      ('checkpoints', workdir / 'checkpoints'),
+      ('Figure-3 panels', workdir / 'panels'),
+    ]
+    for what, where in written:
+      if what != 'Figure-3 panels' or (workdir / 'panels').exists():
+        print(f'{what + ":":<18}{where}', flush=True)
 
 
 def _to_json(tree: Any) -> Any:

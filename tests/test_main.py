@@ -105,6 +105,10 @@ def test_smoke_run_writes_everything(uninterrupted):
   assert any(k.startswith('AP@0.5/') for k in results)
   # Table-3 layout printed on stdout.
   assert 'mAP' in stdout and 'toilet' in stdout
+  # ... then where everything went.
+  for line in ('results:', 'TensorBoard logs:', 'checkpoints:', 'Figure-3 panels:'):
+    assert line in stdout, line
+  assert str(workdir / 'panels') in stdout
   # The last K checkpoints (3) are kept, the final one carries its metrics.
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [NUM_STEPS - 4, NUM_STEPS - 2, NUM_STEPS]
