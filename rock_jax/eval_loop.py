@@ -315,7 +315,9 @@ class Evaluator:
       return
     path = epath.Path(workdir) / 'results.json'
     path.write_text(json.dumps(_to_json(results), indent=2, sort_keys=True) + '\n')
-    name = f'{self.config.model.variant} ({self.config.model.tasks or "no aux"})'
+    variant = self.config.model.variant
+    tasks = self.config.model.tasks if variant != 'baseline' else ''  # Baseline: no aux.
+    name = f'{variant} ({tasks or "no aux"})'
     print(format_results(results, self.class_names, name), flush=True)
     workdir = epath.Path(workdir)
     written = [
@@ -371,6 +373,11 @@ def format_results(results: Mapping[str, Any], class_names: Sequence[str], name:
   lines.append(
     f'split={results.get("split")} step={results.get("step")} images={results.get("num_images")}'
   )
+  # The table shows mAP@0.5 and the per-class AP@0.5; the stricter averages follow.
+  for key in ('mAP@0.5', 'mAP@0.75', 'mAP@[0.5:0.95]'):
+    if key in results:
+      value = results[key]
+      lines.append(f'  {key}: ' + ('n/a' if value is None else f'{value:.4f}'))
   for key, value in extra:
     text = 'n/a' if value is None else f'{value:.4f}' if isinstance(value, float) else value
     lines.append(f'  {key}: {text}')

@@ -9,6 +9,7 @@ Any config field can be overridden with `--config.<field>=value`. Rerunning a
 command on the same workdir resumes from its last checkpoint.
 """
 
+import logging as std_logging
 import os
 from collections.abc import Sequence
 
@@ -59,6 +60,9 @@ def main(argv: Sequence[str]) -> None:
   # TensorFlow only feeds data: keep it off the accelerators (and their memory).
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
+  # Orbax reports every save step at INFO; keep its warnings, drop the chatter so the
+  # trainer's progress lines (steps/s, ETA) stay readable.
+  logging.get_absl_handler().addFilter(quiet_orbax)
   if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
     jax.distributed.initialize()
   logging.info(
@@ -70,6 +74,11 @@ def main(argv: Sequence[str]) -> None:
     jax.devices()[0].platform,
   )
   train.train_and_evaluate(_CONFIG.value, absolute_workdir(_WORKDIR.value))
+
+
+def quiet_orbax(record: std_logging.LogRecord) -> bool:
+  """Log filter: False (drop) for Orbax's records below WARNING."""
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
 def absolute_workdir(path: str) -> str:

@@ -10,6 +10,7 @@ optimisations off (faster to build, same flags in every run).
 """
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -109,6 +110,7 @@ def test_smoke_run_writes_everything(uninterrupted):
   for line in ('results:', 'TensorBoard logs:', 'checkpoints:', 'Figure-3 panels:'):
     assert line in stdout, line
   assert str(workdir / 'panels') in stdout
+  assert 'mAP@0.75:' in stdout and 'mAP@[0.5:0.95]:' in stdout
   # The last K checkpoints (3) are kept, the final one carries its metrics.
   steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
   assert steps == [NUM_STEPS - 4, NUM_STEPS - 2, NUM_STEPS]
@@ -184,3 +186,13 @@ def test_unknown_mode_is_an_error(tmp_path):
   config = ml_collections.ConfigDict({'mode': 'predict'})
   with pytest.raises(ValueError, match='mode'):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_absolute_workdir_and_quiet_orbax():
+  assert main.absolute_workdir('runs/x') == os.path.join(os.getcwd(), 'runs/x')
+  assert main.absolute_workdir('gs://bucket/runs/x') == 'gs://bucket/runs/x'
+  record = lambda path, level: logging.LogRecord('absl', level, path, 1, 'm', (), None)
+  orbax_file = '/venv/site-packages/orbax/checkpoint/checkpoint_manager.py'
+  assert not main.quiet_orbax(record(orbax_file, logging.INFO))
+  assert main.quiet_orbax(record(orbax_file, logging.WARNING))
+  assert main.quiet_orbax(record('/venv/site-packages/clu/periodic_actions.py', logging.INFO))

@@ -1,0 +1,163 @@
+"""The ablation study script: statistics, and a smoke study through the real trainer.
+
+`python -m rock_jax.tools.study --smoke` runs 1 seed of 2 variants as subprocesses of
+`rock_jax.main` (the smoke config, a few steps); RESULTS.md's table must be well
+formed and every number in it must be the one of the runs' `results.json`. A rerun
+reuses the finished runs, so editing one `results.json` must show in the new report.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from rock_jax.tools import study
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ('baseline', 'rock')
+SMOKE_STEPS = 4
+
+
+def test_summarize():
+  stats = study.summarize([0.1, None, 0.3, 0.2])
+  assert stats['n'] == 3
+  assert stats['mean'] == pytest.approx(0.2)
+  assert stats['std'] == pytest.approx(0.1)  # Sample standard deviation.
+  assert (stats['min'], stats['max']) == (0.1, 0.3)
+  assert study.summarize([None, None]) is None
+  assert study.summarize([0.5])['std'] == 0.0
+
+
+def test_format_cell():
+  stats = study.summarize([0.25, 0.35])
+  assert study.format_cell(stats, 100.0, 1) == '30.0 ± 7.1 [25.0, 35.0]'
+  assert study.format_cell(study.summarize([1.23456]), 1.0, 3) == '1.235'
+  assert study.format_cell(None, 100.0, 1) == 'n/a'
+
+
+def test_scaled_boundaries():
+  assert study.scaled_boundaries((2400,), 3000, 750) == (600,)
+  assert study.scaled_boundaries((3,), 4, 4) == (3,)
+  assert study.scaled_boundaries((1,), 1000, 10) == (1,)  # Never before step 1.
+
+
+def test_run_command_isolates_variant_and_seed(tmp_path):
+  args = study.run_command(
+    smoke=True,
+    variant='flat_mtl',
+    seed=2,
+    steps=10,
+    boundaries=(8,),
+    workdir=study.run_workdir(str(tmp_path), 10, 'flat_mtl', 2),
+  )
+  assert '--config=configs/synthetic.py:smoke' in args
+  assert '--config.model.variant=flat_mtl' in args
+  assert '--config.seed=2' in args
+  assert '--config.train.num_steps=10' in args
+  assert '--config.train.lr_boundaries=(8,)' in args
+  assert f'--workdir={tmp_path}/steps10/flat_mtl/seed2' in args
+
+
+def _table_rows(text: str, title: str) -> list[list[str]]:
+  """The cells of the first markdown table after the line `title`."""
+  lines = text.splitlines()
+  start = lines.index(title)
+  rows = []
+  for line in lines[start + 1 :]:
+    if line.startswith('|'):
+      rows.append([c.strip() for c in line.strip().strip('|').split('|')])
+    elif rows:
+      break
+  return rows
+
+
+def _expected(results: dict, key: str, scale: float, digits: int) -> str:
+  value = results.get(key)
+  return 'n/a' if value is None else f'{scale * value:.{digits}f}'
+
+
+@pytest.fixture(scope='module')
+def smoke_study(tmp_path_factory):
+  """Runs the smoke study once; returns (command, env, root, out)."""
+  tmp = tmp_path_factory.mktemp('study')
+  cache = tmp_path_factory.mktemp('xla_cache')
+  env = dict(os.environ)
+  env.update(
+    JAX_COMPILATION_CACHE_DIR=str(cache),
+    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
+    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
+    PYTHONPATH=REPO,
+    XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip(),
+  )
+  root, out = tmp / 'runs', tmp / 'RESULTS.md'
+  command = [
+    sys.executable,
+    '-m',
+    'rock_jax.tools.study',
+    '--smoke',
+    '--seeds=0',
+    f'--variants={",".join(VARIANTS)}',
+    f'--root={root}',
+    f'--out={out}',
+    f'--data_dir={tmp / "tfds"}',
+  ]
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return command, env, root, out
+
+
+def _load(root, variant: str) -> dict:
+  path = os.path.join(study.run_workdir(str(root), SMOKE_STEPS, variant, 0), 'results.json')
+  with open(path) as f:
+    return json.load(f)
+
+
+def test_smoke_study_table_comes_from_results(smoke_study):
+  _, _, root, out = smoke_study
+  text = out.read_text()
+  rows = _table_rows(text, '## Results (synthetic rooms, AP in %)')
+  header, rule, *body = rows
+  assert header == ['Model', 'seeds', *(m[1] for m in study.METRICS)]
+  assert len(rule) == len(header) and all(set(c) <= set(':-') and c for c in rule)
+  assert [r[0] for r in body] == [study.VARIANT_NAMES[v] for v in VARIANTS]
+  for variant, row in zip(VARIANTS, body, strict=True):
+    assert len(row) == len(header)
+    assert row[1] == '1'
+    results = _load(root, variant)
+    assert results['step'] == SMOKE_STEPS
+    for cell, (key, _, scale, digits, _) in zip(row[2:], study.METRICS, strict=True):
+      assert cell == _expected(results, key, scale, digits), (variant, key)
+  baseline_row = body[0]
+  assert baseline_row[5:] == ['n/a'] * 4  # No auxiliary outputs.
+  assert all(c != 'n/a' for c in body[1][2:])  # ROCK has every metric.
+  paper = _table_rows(text, '## Paper Table 1 (NYUv2 val, AP in %), for comparison')
+  assert paper[2] == ['Detection baseline', '31.2', '15.8', '16.2']
+  assert paper[3] == ['ROCK', '37.6', '17.1', '18.5']
+  assert 'python -m rock_jax.tools.study --steps=4 --seeds=0 --variants=baseline,rock' in text
+  assert '--smoke' in text
+
+
+def test_smoke_study_rerun_reuses_results(smoke_study):
+  command, env, root, out = smoke_study
+  workdir = study.run_workdir(str(root), SMOKE_STEPS, 'rock', 0)
+  path = os.path.join(workdir, 'results.json')
+  results = _load(root, 'rock')
+  results['mAP@0.5'] = 0.4321  # A value no smoke run reaches: must show up as is.
+  with open(path, 'w') as f:
+    json.dump(results, f)
+  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert 'reusing' in result.stdout
+  rows = _table_rows(out.read_text(), '## Results (synthetic rooms, AP in %)')
+  assert rows[3][0] == 'ROCK' and rows[3][2] == '43.2'
+
+
+def test_ordering_ranks_by_mean_map():
+  runs = {
+    'baseline': [{'mAP@0.5': 0.3}, {'mAP@0.5': 0.1}],
+    'rock': [{'mAP@0.5': 0.25}],
+    'flat_mtl': [{'mAP@0.5': None}],
+  }
+  assert study.ordering(['baseline', 'rock', 'flat_mtl'], runs) == 'ROCK > Detection baseline'
