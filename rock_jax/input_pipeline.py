@@ -109,6 +109,23 @@ def _host(process_index: int | None, process_count: int | None) -> tuple[int, in
   return process_index, process_count
 
 
+def _host_batch(batch_size: int, count: int, field: str) -> int:
+  """This host's share of a global batch (`field` names the config entry in errors)."""
+  if batch_size // count < 1:
+    raise ValueError(f'{field} {batch_size} < {count} processes.')
+  return batch_size // count
+
+
+def _geometry(
+  config: ml_collections.ConfigDict,
+) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int], np.ndarray]:
+  """Image size, conv5 grid, dense sampling size and default boxes of the model."""
+  image_size = tuple(config.data.image_size)
+  grid = conv5_size(config)
+  dense_size = (grid[0] * DENSE_FACTOR, grid[1] * DENSE_FACTOR)
+  return image_size, grid, dense_size, boxes.default_boxes(config.model, image_size)
+
+
 def _host_slice(
   split: str, total: int, index: int, count: int, drop_remainder: bool
 ) -> tuple[str, int]:
@@ -258,13 +275,8 @@ def create_train_dataset(
   """
   index, count = _host(process_index, process_count)
   data = config.data
-  host_batch = config.train.batch_size // count
-  if host_batch < 1:
-    raise ValueError(f'train.batch_size {config.train.batch_size} < {count} processes.')
-  image_size = tuple(data.image_size)
-  grid = conv5_size(config)
-  dense_size = (grid[0] * DENSE_FACTOR, grid[1] * DENSE_FACTOR)
-  anchors = boxes.default_boxes(config.model, image_size)
+  host_batch = _host_batch(config.train.batch_size, count, 'train.batch_size')
+  image_size, grid, dense_size, anchors = _geometry(config)
   sources = _sources(config)
   start = start_step * host_batch
   # Elements each dataset has already contributed before `start`.
@@ -354,13 +366,8 @@ def create_eval_dataset(
   """
   index, count = _host(process_index, process_count)
   data = config.data
-  host_batch = config.eval.batch_size // count
-  if host_batch < 1:
-    raise ValueError(f'eval.batch_size {config.eval.batch_size} < {count} processes.')
-  image_size = tuple(data.image_size)
-  grid = conv5_size(config)
-  dense_size = (grid[0] * DENSE_FACTOR, grid[1] * DENSE_FACTOR)
-  anchors = boxes.default_boxes(config.model, image_size)
+  host_batch = _host_batch(config.eval.batch_size, count, 'eval.batch_size')
+  image_size, grid, dense_size, anchors = _geometry(config)
   builder = get_builder(
     data.name, data.builder_config, data_dir=data.data_dir, manual_dir=data.manual_dir
   )
