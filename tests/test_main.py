@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import cached_env
 import jax
 import ml_collections
 import numpy as np
@@ -41,17 +42,7 @@ METRIC_KEYS = (
 @pytest.fixture(scope='module')
 def env(tmp_path_factory):
   """Subprocess environment: a shared compilation cache, quiet logs."""
-  cache = tmp_path_factory.mktemp('xla_cache')
-  out = dict(os.environ)
-  out.update(
-    JAX_COMPILATION_CACHE_DIR=str(cache),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-    PYTHONPATH=REPO,
-    # Faster XLA compiles; every run uses the same flags, so bitwise comparisons hold.
-    XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip(),
-  )
-  return out
+  return cached_env.subprocess_env(tmp_path_factory.mktemp('xla_cache'), REPO)
 
 
 @pytest.fixture(scope='module')

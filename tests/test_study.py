@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import cached_env
 import pytest
 
 from rock_jax.tools import study
@@ -82,15 +83,7 @@ def _expected(results: dict, key: str, scale: float, digits: int) -> str:
 def smoke_study(tmp_path_factory):
   """Runs the smoke study once; returns (command, env, root, out)."""
   tmp = tmp_path_factory.mktemp('study')
-  cache = tmp_path_factory.mktemp('xla_cache')
-  env = dict(os.environ)
-  env.update(
-    JAX_COMPILATION_CACHE_DIR=str(cache),
-    JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-    JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-    PYTHONPATH=REPO,
-    XLA_FLAGS=(os.environ.get('XLA_FLAGS', '') + ' --xla_backend_optimization_level=0').strip(),
-  )
+  env = cached_env.subprocess_env(tmp_path_factory.mktemp('xla_cache'), REPO)
   root, out = tmp / 'runs', tmp / 'RESULTS.md'
   command = [
     sys.executable,
