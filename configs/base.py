@@ -57,6 +57,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.rock.fusion = 'add'  # 'add' (Eq. 1) or 'product' (Table 5, depth-only).
   model.rock.extra_task_convs = False  # Reference option: 1x1/3x3/1x1 per task before K_t conv.
   model.rock.post_fusion_bn_relu = False  # Reference option: BN + ReLU after fusion.
+  model.rock.conv_bias = False  # Reference option: conv biases before the BatchNorms.
 
   model.ssd = ml_collections.ConfigDict()
   # Extra feature maps after conv5: (1x1 mid width, 3x3 stride-2 output width) each, every
@@ -67,12 +68,18 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Sized for the paper's 27.8M-parameter detection baseline (Table 4) with 19 classes:
   # ResNet-50 23,508,032 + extras 1,223,680 + box/class predictors 2,931,504 = 27,663,216
   # (-0.5 %); the conv5 predictors alone are 1.77M, which is why the extras are narrow.
+  # An entry may also give the 3x3 conv's (kernel, stride, padding), each an int or an
+  # (h, w) pair: (mid, out, kernel, stride, padding); see configs/rock_pytorch.py.
   model.ssd.extra_layers = ((128, 256), (128, 256), (64, 128), (64, 128), (64, 128), (64, 128))
   model.ssd.extras_bn = True  # BN + ReLU in the extras (ResNet-SSD); False: conv + bias + ReLU.
+  model.ssd.extras_conv_bias = False  # Reference option: conv biases before the BatchNorms.
   # Default boxes: one scale per map plus one (for the extra square box sqrt(s_k s_k+1)).
   model.ssd.scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05, 1.2)
   # Boxes per location: 2 squares + (r, 1/r) per ratio.
   model.ssd.aspect_ratios = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,), (2,))
+  # Per map (step_h, step_w) in pixels between default-box centres; () = image size / map
+  # size. rock-pytorch's steps are not always that (configs/rock_pytorch.py).
+  model.ssd.steps = ()
   model.ssd.variances = (0.1, 0.2)  # Centre, size.
   model.ssd.prior_pi = 0.01  # Focal-loss prior for foreground class biases.
 
@@ -142,6 +149,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   evaluation.pre_nms_top_k = 200  # Per class.
   evaluation.nms_iou = 0.3
   evaluation.max_detections = 100
+  # True: clip decoded boxes to the image before NMS; False: NMS on the unclipped boxes and
+  # clip only the output, as rock-pytorch does (rock_jax.postprocess).
+  evaluation.clip_before_nms = True
   evaluation.num_panels = 4  # Figure-3 panels written for the first test images.
   evaluation.max_batches = 0  # Evaluate on at most this many batches; 0 = the whole split.
 

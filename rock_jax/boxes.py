@@ -40,28 +40,76 @@ def _namespace(*arrays: Array) -> Any:
 # ------------------------------------------------------------------ default boxes
 
 
+def _pair(value: Any) -> tuple[int, int]:
+  """`3` -> `(3, 3)`; `(2, 3)` stays `(2, 3)`."""
+  if isinstance(value, int | float):
+    return int(value), int(value)
+  h, w = value
+  return int(h), int(w)
+
+
+def extra_geometry(extra_layers: Sequence[Sequence[Any]]) -> list[tuple[tuple[int, int], ...]]:
+  """Returns `(kernel, stride, padding)` of each extra layer's spatial conv, as `(h, w)` pairs.
+
+  An entry of `model.ssd.extra_layers` is `(mid, out)` (a 3x3 conv, stride 2, padding 1)
+  or `(mid, out, kernel, stride, padding)`, each of the last three an int or an `(h, w)`
+  pair: rock-pytorch's last two extras are `3, 1, 0` and `(2, 3), 1, 0`.
+
+  Args:
+    extra_layers: `model.ssd.extra_layers`.
+
+  Returns:
+    One `(kernel, stride, padding)` per extra layer.
+  """
+  geometry = []
+  for layer in extra_layers:
+    if len(layer) not in (2, 5):
+      raise ValueError(
+        'model.ssd.extra_layers entries are (mid, out) or (mid, out, kernel, stride, padding), '
+        f'got {tuple(layer)}.'
+      )
+    kernel, stride, padding = layer[2:] if len(layer) == 5 else (3, 2, 1)
+    geometry.append((_pair(kernel), _pair(stride), _pair(padding)))
+  return geometry
+
+
 def feature_map_sizes(
-  image_size: Sequence[int], output_stride: int, num_extra: int
+  image_size: Sequence[int],
+  output_stride: int,
+  num_extra: int,
+  geometry: Sequence[Sequence[Sequence[int]]] | None = None,
 ) -> list[tuple[int, int]]:
   """Returns the `(h, w)` of conv5 and of each extra SSD feature map.
 
-  conv5 is at `ceil(H / s), ceil(W / s)`; each extra layer (3x3 conv, stride 2, padding 1)
-  maps `n -> ceil(n / 2)`. At 480x640 with stride 16 and 6 extras:
-  30x40, 15x20, 8x10, 4x5, 2x3, 1x2, 1x1.
+  conv5 is at `ceil(H / s), ceil(W / s)`; an extra layer whose spatial conv has kernel k,
+  stride t and padding p maps `n -> floor((n + 2 p - k) / t) + 1`, which is `ceil(n / 2)`
+  for the default 3x3, stride 2, padding 1. At 480x640 with stride 16 and 6 default
+  extras: 30x40, 15x20, 8x10, 4x5, 2x3, 1x2, 1x1.
 
   Args:
     image_size: `(H, W)` of the model input in pixels.
     output_stride: the backbone's output stride at conv5.
     num_extra: number of extra feature maps after conv5.
+    geometry: `extra_geometry(extra_layers)`; None means `num_extra` default layers.
 
   Returns:
     A list of `1 + num_extra` `(h, w)` tuples, conv5 first.
   """
+  if geometry is None:
+    geometry = [((3, 3), (2, 2), (1, 1))] * num_extra
+  if len(geometry) != num_extra:
+    raise ValueError(f'{len(geometry)} extra layer geometries for {num_extra} extra layers.')
   h = math.ceil(image_size[0] / output_stride)
   w = math.ceil(image_size[1] / output_stride)
   sizes = [(h, w)]
-  for _ in range(num_extra):
-    h, w = math.ceil(h / 2), math.ceil(w / 2)
+  for kernel, stride, padding in geometry:
+    h = (h + 2 * padding[0] - kernel[0]) // stride[0] + 1
+    w = (w + 2 * padding[1] - kernel[1]) // stride[1] + 1
+    if h < 1 or w < 1:
+      raise ValueError(
+        f'SSD extra layer {len(sizes)} (kernel {kernel}, stride {stride}, padding {padding}) '
+        f'has no output at {image_size[0]}x{image_size[1]}: input map {sizes[-1]}.'
+      )
     sizes.append((h, w))
   return sizes
 
@@ -102,20 +150,27 @@ def default_boxes(model_config: Any, image_size: Sequence[int]) -> np.ndarray:
   """Returns the SSD default boxes for a model config, in the head's output order.
 
   Maps in order (conv5 first, then each extra layer), locations row-major `(y, x)`, then
-  box types as in `box_shapes`. Centres sit at `((i + 0.5) / h, (j + 0.5) / w)`. As in the
-  reference, sizes are clipped to at most 1 (the image), so the largest scales (> 1) give
-  whole-image boxes.
+  box types as in `box_shapes`. Centres sit at `((i + 0.5) / h, (j + 0.5) / w)`, or at
+  `((i + 0.5) step_h / H, (j + 0.5) step_w / W)` with explicit per-map `model.ssd.steps`
+  (pixels; rock-pytorch's 2x3 map has `step_w = 213`, not 640 / 3). As in the
+  reference, each of cy, cx, h and w is clipped to [0, 1], so the largest scales (> 1)
+  give whole-image boxes.
 
   Args:
     model_config: `config.model` (uses `backbone.output_stride`, `ssd.extra_layers`,
-      `ssd.scales`, `ssd.aspect_ratios`).
+      `ssd.scales`, `ssd.aspect_ratios` and, if set, `ssd.steps`).
     image_size: `(H, W)` of the model input in pixels.
 
   Returns:
     float32 `[A, 4]` boxes `(cy, cx, h, w)`, normalised.
   """
   ssd = model_config.ssd
-  sizes = feature_map_sizes(image_size, model_config.backbone.output_stride, len(ssd.extra_layers))
+  sizes = feature_map_sizes(
+    image_size,
+    model_config.backbone.output_stride,
+    len(ssd.extra_layers),
+    extra_geometry(ssd.extra_layers),
+  )
   num_maps = len(sizes)
   if len(ssd.scales) != num_maps + 1:
     raise ValueError(
@@ -125,16 +180,25 @@ def default_boxes(model_config: Any, image_size: Sequence[int]) -> np.ndarray:
     raise ValueError(
       f'model.ssd.aspect_ratios needs {num_maps} entries, got {len(ssd.aspect_ratios)}.'
     )
+  steps = ssd.get('steps') or ()
+  if steps and len(steps) != num_maps:
+    raise ValueError(
+      f'model.ssd.steps needs {num_maps} (step_h, step_w) entries, got {len(steps)}.'
+    )
   all_boxes = []
   for k, (h, w) in enumerate(sizes):
     shapes = np.asarray(box_shapes(ssd.scales[k], ssd.scales[k + 1], ssd.aspect_ratios[k]))
-    cy, cx = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing='ij')
+    # A step is the pixel distance between centres; without steps the map tiles the image.
+    rows, cols = np.arange(h) + 0.5, np.arange(w) + 0.5
+    if steps:
+      rows, cols = rows * steps[k][0] / image_size[0], cols * steps[k][1] / image_size[1]
+    else:
+      rows, cols = rows / h, cols / w
+    cy, cx = np.meshgrid(rows, cols, indexing='ij')
     centres = np.stack([cy.ravel(), cx.ravel()], axis=-1)  # [h * w, 2], row-major.
     n, t = centres.shape[0], shapes.shape[0]
-    boxes = np.concatenate(
-      [np.repeat(centres, t, axis=0), np.tile(np.minimum(shapes, 1.0), (n, 1))], axis=-1
-    )
-    all_boxes.append(boxes)
+    boxes = np.concatenate([np.repeat(centres, t, axis=0), np.tile(shapes, (n, 1))], axis=-1)
+    all_boxes.append(np.clip(boxes, 0.0, 1.0))
   return np.concatenate(all_boxes, axis=0).astype(np.float32)
 
 

@@ -28,6 +28,7 @@ ARGS = {
   'configs/nyuv2_flat_mtl.py': ['DN', 'DS', 'NS'],
   'configs/nyuv2_depth_fusion.py': ['add', 'product'],
   'configs/nyuv2_fraction.py': ['0.6', '0.7', '0.8'],
+  'configs/rock_pytorch.py': ['baseline'],
 }
 
 

@@ -64,6 +64,7 @@ class Detector(nn.Module):
         fusion=config.rock.fusion if config.variant == 'rock' else 'none',
         extra_task_convs=config.rock.extra_task_convs,
         post_fusion_bn_relu=config.rock.post_fusion_bn_relu,
+        conv_bias=config.rock.get('conv_bias', False),
         bn_momentum=config.backbone.bn_momentum,
         dtype=dtype,
         name='rock',
@@ -71,10 +72,15 @@ class Detector(nn.Module):
       x, aux = block(x, train=train)
     boxes, logits = ssd.SSDHead(
       num_classes=config.num_classes,
-      extra_layers=tuple(tuple(layer) for layer in config.ssd.extra_layers),
+      # Nested tuples (a JSON-restored config has lists): module attributes must hash.
+      extra_layers=tuple(
+        tuple(tuple(v) if isinstance(v, list | tuple) else v for v in layer)
+        for layer in config.ssd.extra_layers
+      ),
       aspect_ratios=tuple(tuple(ratios) for ratios in config.ssd.aspect_ratios),
       prior_pi=config.ssd.prior_pi,
       extras_bn=config.ssd.get('extras_bn', True),
+      extras_conv_bias=config.ssd.get('extras_conv_bias', False),
       bn_momentum=config.backbone.bn_momentum,
       dtype=dtype,
       name='ssd',

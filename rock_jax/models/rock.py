@@ -14,7 +14,7 @@ ROCK refines the base feature map X (conv5) with auxiliary tasks:
   classes, the channel mean for dense scalars, the channel mean of each contiguous group
   of K_t / components maps for dense vectors.
 
-Convs followed by BatchNorm have no bias. With the paper's tasks (27 / 128 / 3 x 128) and
+Convs followed by BatchNorm have no bias (`conv_bias` adds them, as rock-pytorch has). With the paper's tasks (27 / 128 / 3 x 128) and
 X of width 2048 the block has 4,802,587 parameters.
 """
 
@@ -92,12 +92,13 @@ def pool(task: TaskSpec, encoding: jnp.ndarray) -> dict[str, jnp.ndarray]:
 
 
 class _Dense(nn.Module):
-  """A 1x1 or 3x3 conv, then BatchNorm and ReLU (no conv bias: BN has an offset)."""
+  """A 1x1 or 3x3 conv, then BatchNorm and ReLU (no conv bias unless asked: BN has an offset)."""
 
   features: int
   kernel: int = 1
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_bias: bool = False
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -106,7 +107,7 @@ class _Dense(nn.Module):
       self.features,
       (self.kernel, self.kernel),
       padding=((pad, pad), (pad, pad)),
-      use_bias=False,
+      use_bias=self.conv_bias,
       dtype=self.dtype,
       param_dtype=jnp.float32,
       name='conv',
@@ -131,6 +132,8 @@ class ROCK(nn.Module):
     extra_task_convs: Reference option: per task 1x1 (trunk/2), 3x3 (trunk/2), 1x1
       (trunk) convs with BN and ReLU before the linear task conv.
     post_fusion_bn_relu: Reference option: BN and ReLU after the fusion.
+    conv_bias: Reference option: biases on the convs before a BatchNorm (no effect on
+      the function in training mode; in eval mode they shift the running means).
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
   """
@@ -140,6 +143,7 @@ class ROCK(nn.Module):
   fusion: str = 'add'
   extra_task_convs: bool = False
   post_fusion_bn_relu: bool = False
+  conv_bias: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
 
@@ -160,7 +164,7 @@ class ROCK(nn.Module):
       raise ValueError('ROCK needs at least one auxiliary task (config.model.tasks).')
     x = x.astype(self.dtype)
     dense = lambda features, kernel, name: _Dense(
-      features, kernel, self.bn_momentum, self.dtype, name=name
+      features, kernel, self.bn_momentum, self.dtype, self.conv_bias, name=name
     )
     trunk = dense(self.trunk_width, 1, 'trunk1')(x, train=train)
     trunk = dense(self.trunk_width, 3, 'trunk2')(trunk, train=train)

@@ -4,7 +4,9 @@ Detection runs on the (refined) conv5 map and on one extra map per entry of
 `model.ssd.extra_layers`. Each extra layer is a 1x1 conv to the mid width then a 3x3
 stride-2 conv (padding 1, so n -> ceil(n / 2)) to the output width, each followed by
 BatchNorm and ReLU as in the ResNet-SSD the reference builds on (set
-`model.ssd.extras_bn = False` for the original SSD's conv + bias + ReLU). Every map gets a
+`model.ssd.extras_bn = False` for the original SSD's conv + bias + ReLU). An entry can also
+give the spatial conv's kernel, stride and padding (`rock_jax.boxes.extra_geometry`), and
+`model.ssd.extras_conv_bias` keeps conv biases before the BatchNorms (rock-pytorch). Every map gets a
 3x3 conv predicting 4 box offsets and one predicting num_classes + 1 scores for each of
 its `2 + 2 * len(aspect_ratios[k])` default boxes (order as `rock_jax.boxes.box_shapes`).
 
@@ -20,6 +22,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from rock_jax import boxes as box_lib
 
 # The reference SSD initialises extras and predictors with Xavier (Glorot) uniform.
 head_init = nn.initializers.xavier_uniform()
@@ -63,10 +67,12 @@ class SSDHead(nn.Module):
 
   Attributes:
     num_classes: Foreground classes C; logits have C + 1 entries (0 = background).
-    extra_layers: `(mid_width, out_width)` for each extra map.
+    extra_layers: `(mid_width, out_width)` or `(mid_width, out_width, kernel, stride,
+      padding)` for each extra map (see `rock_jax.boxes.extra_geometry`).
     aspect_ratios: Ratios of each map (conv5 first); `len(extra_layers) + 1` entries.
     prior_pi: Focal-loss prior of the foreground class biases.
     extras_bn: BatchNorm (and no conv bias) in the extra layers.
+    extras_conv_bias: Conv biases in the extra layers even before a BatchNorm.
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
   """
@@ -76,17 +82,17 @@ class SSDHead(nn.Module):
   aspect_ratios: Sequence[Sequence[float]]
   prior_pi: float = 0.01
   extras_bn: bool = True
+  extras_conv_bias: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
 
-  def _conv_bn_relu(self, x, features, kernel, stride, name, train):
-    pad = (kernel - 1) // 2
+  def _conv_bn_relu(self, x, features, kernel, stride, padding, name, train):
     x = nn.Conv(
       features,
-      (kernel, kernel),
+      kernel,
       strides=stride,
-      padding=((pad, pad), (pad, pad)),
-      use_bias=not self.extras_bn,
+      padding=tuple((p, p) for p in padding),
+      use_bias=self.extras_conv_bias or not self.extras_bn,
       kernel_init=head_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
@@ -119,9 +125,13 @@ class SSDHead(nn.Module):
         f'feature map: {len(self.extra_layers) + 1} (conv5 + {len(self.extra_layers)} extras).'
       )
     maps = [feature.astype(self.dtype)]
-    for index, (mid, out) in enumerate(self.extra_layers):
-      x = self._conv_bn_relu(maps[-1], mid, 1, 1, f'extra{index + 1}_reduce', train)
-      maps.append(self._conv_bn_relu(x, out, 3, 2, f'extra{index + 1}', train))
+    geometry = box_lib.extra_geometry(self.extra_layers)
+    for index, (layer, (kernel, stride, padding)) in enumerate(
+      zip(self.extra_layers, geometry, strict=True)
+    ):
+      mid, out = layer[:2]
+      x = self._conv_bn_relu(maps[-1], mid, (1, 1), 1, (0, 0), f'extra{index + 1}_reduce', train)
+      maps.append(self._conv_bn_relu(x, out, kernel, stride, padding, f'extra{index + 1}', train))
 
     all_boxes, all_logits = [], []
     for index, (x, k) in enumerate(zip(maps, boxes_per_location(self.aspect_ratios), strict=True)):

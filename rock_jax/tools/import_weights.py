@@ -7,6 +7,9 @@ Nothing is downloaded: users fetch the weights themselves, then run
   python -m rock_jax.tools.import_weights --format=keras \
     --input=resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 --output=/path/to/keras50
 
+`--format=rock_pytorch` converts a whole rock-pytorch network instead, into a checkpoint
+that `--config.init_from` and `rock_jax.detect` read (`rock_jax.tools.import_rock_pytorch`).
+
 The output directory is an Orbax (StandardCheckpointer) checkpoint of
 `{'params': ..., 'batch_stats': ...}` for `rock_jax.models.resnet.ResNet` ('v1.5' layout for
 torchvision files, 'v1' for Keras files); `load_backbone(dir)` reads it back for the
@@ -41,7 +44,7 @@ from absl import app, flags
 
 from rock_jax.models import resnet
 
-FORMATS = ('torchvision', 'keras')
+FORMATS = ('torchvision', 'keras')  # Backbone formats; the CLI also takes 'rock_pytorch'.
 
 
 class WeightImportError(ValueError):
@@ -343,28 +346,44 @@ def load_backbone(directory: str) -> dict[str, Any]:
     return checkpointer.restore(os.path.abspath(directory))
 
 
-_FORMAT = flags.DEFINE_enum('format', None, list(FORMATS), 'Source of the weights.')
-_INPUT = flags.DEFINE_string('input', None, 'Weights file (.safetensors, .npz, .h5).')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output Orbax checkpoint directory.')
-_DEPTH = flags.DEFINE_enum('depth', '50', ['18', '34', '50', '101'], 'ResNet depth.')
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  from ml_collections import config_flags
 
+  fmt = flags.DEFINE_enum('format', None, [*FORMATS, 'rock_pytorch'], 'Source of the weights.')
+  source = flags.DEFINE_string('input', None, 'Weights file (.safetensors, .npz, .h5).')
+  output = flags.DEFINE_string('output', None, 'Output Orbax checkpoint directory.')
+  depth = flags.DEFINE_enum('depth', '50', ['18', '34', '50', '101'], 'ResNet depth.')
+  config = config_flags.DEFINE_config_file(
+    'config', None, 'rock_pytorch only: the network (default: configs/rock_pytorch.py[:baseline]).'
+  )
+  flags.mark_flags_as_required(['format', 'input', 'output'])
 
-def main(argv: list[str]) -> None:
-  """CLI entry point: converts --input and writes --output; exits 1 on a bad file."""
-  del argv
-  try:
-    variables = import_file(_INPUT.value, _FORMAT.value, depth=int(_DEPTH.value))
-  except WeightImportError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
-  if os.path.exists(_OUTPUT.value):
-    print(f'error: {_OUTPUT.value}: output directory exists already.', file=sys.stderr)
-    sys.exit(1)
-  save(variables, _OUTPUT.value)
-  count = sum(x.size for x in jax.tree.leaves(variables['params']))
-  print(f'Wrote {count:,} parameters to {_OUTPUT.value}.')
+  def main(argv: list[str]) -> None:
+    """Converts --input and writes --output; exits 1 on a bad file."""
+    del argv
+    if os.path.exists(output.value):
+      print(f'error: {output.value}: output directory exists already.', file=sys.stderr)
+      sys.exit(1)
+    try:
+      if fmt.value == 'rock_pytorch':
+        from rock_jax.tools import import_rock_pytorch
+
+        variables, network = import_rock_pytorch.import_file(source.value, config.value)
+      else:
+        variables = import_file(source.value, fmt.value, depth=int(depth.value))
+    except WeightImportError as error:
+      print(f'error: {error}', file=sys.stderr)
+      sys.exit(1)
+    if fmt.value == 'rock_pytorch':
+      import_rock_pytorch.save(variables, network, output.value)
+    else:
+      save(variables, output.value)
+    count = sum(x.size for x in jax.tree.leaves(variables['params']))
+    print(f'Wrote {count:,} parameters to {output.value}.')
+
+  app.run(main)
 
 
 if __name__ == '__main__':
-  flags.mark_flags_as_required(['format', 'input', 'output'])
-  app.run(main)
+  _cli()
