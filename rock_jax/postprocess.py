@@ -6,6 +6,12 @@ suppressed by a kept, higher-scored box of the same class with IoU > `nms_iou`);
 `max_detections` best boxes over all classes. Every shape is static: outputs are padded
 and come with a count, so the whole thing runs on the accelerator under `jax.jit`.
 
+Clipping: by default the decoded boxes are clipped to the image before NMS. With
+`clip_before_nms=False` (`config.eval.clip_before_nms`, set by configs/rock_pytorch.py)
+NMS compares the unclipped boxes and only the returned boxes are clipped, as rock-pytorch
+decodes. The two differ when boxes cross the border: clipping makes two such boxes
+overlap more, so clip-first suppresses more of them (mostly among low scores).
+
 NMS is greedy over the (at most `pre_nms_top_k`) sorted candidates of each class: a
 `fori_loop` over candidate positions, vectorised over images and classes, on a
 precomputed `[B, C, K, K]` IoU matrix. Candidate `i` is kept if it is valid and no kept
@@ -61,6 +67,7 @@ def postprocess(
   nms_iou: float = 0.3,
   max_detections: int = 100,
   variances: Sequence[float] = (0.1, 0.2),
+  clip_before_nms: bool = True,
 ) -> dict[str, Array]:
   """Turns the head's outputs into detections with fixed shapes.
 
@@ -73,6 +80,7 @@ def postprocess(
     nms_iou: NMS IoU threshold.
     max_detections: detections per image.
     variances: box coding variances.
+    clip_before_nms: clip the boxes to [0, 1] before NMS (True) or only on output.
 
   Returns:
     A dict with `boxes` `[B, N, 4]` normalised corner boxes clipped to [0, 1], `scores`
@@ -84,7 +92,8 @@ def postprocess(
   decoded = box_lib.decode(
     boxes.astype(jnp.float32), jnp.asarray(default_boxes, jnp.float32), variances, xp=jnp
   )
-  decoded = jnp.clip(decoded, 0.0, 1.0)  # [B, A, 4]
+  if clip_before_nms:
+    decoded = jnp.clip(decoded, 0.0, 1.0)  # [B, A, 4]
   scores = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)[..., 1:]  # [B, A, C]
   num_classes = scores.shape[-1]
 
@@ -102,7 +111,8 @@ def postprocess(
   n = min(max_detections, num_classes * k)
   best_scores, best = jax.lax.top_k(flat_scores, n)  # [B, N]
   kept = best_scores > -1.0
-  out_boxes = jnp.where(kept[..., None], jnp.take_along_axis(flat_boxes, best[..., None], 1), 0.0)
+  out_boxes = jnp.take_along_axis(flat_boxes, best[..., None], 1)
+  out_boxes = jnp.where(kept[..., None], jnp.clip(out_boxes, 0.0, 1.0), 0.0)
   out_classes = jnp.where(kept, flat_classes[best], 0)
   out_scores = jnp.where(kept, best_scores, 0.0)
   if n < max_detections:  # Tiny problems: pad up to the promised shape.
@@ -140,4 +150,5 @@ def postprocess_outputs(
     nms_iou=config.eval.nms_iou,
     max_detections=config.eval.max_detections,
     variances=tuple(config.model.ssd.variances),
+    clip_before_nms=config.eval.get('clip_before_nms', True),
   )

@@ -17,9 +17,10 @@ def _np_iou(a: np.ndarray, b: np.ndarray) -> float:
   return inter / union if union > 0 else 0.0
 
 
-def _np_postprocess(offsets, logits, anchors, *, thr, top_k, nms_iou, max_det):
+def _np_postprocess(offsets, logits, anchors, *, thr, top_k, nms_iou, max_det, clip_first=True):
   """Brute force, one image: loops over classes and candidates."""
-  decoded = np.clip(box_lib.decode(offsets.astype(np.float64), anchors.astype(np.float64)), 0, 1)
+  decoded = box_lib.decode(offsets.astype(np.float64), anchors.astype(np.float64))
+  decoded = np.clip(decoded, 0, 1) if clip_first else decoded
   e = np.exp(logits - logits.max(-1, keepdims=True))
   scores = (e / e.sum(-1, keepdims=True))[:, 1:]
   detections = []
@@ -30,7 +31,7 @@ def _np_postprocess(offsets, logits, anchors, *, thr, top_k, nms_iou, max_det):
     for i in order:
       if all(_np_iou(decoded[i], decoded[j]) <= nms_iou for j in kept):
         kept.append(i)
-    detections += [(scores[i, c], c + 1, decoded[i]) for i in kept]
+    detections += [(scores[i, c], c + 1, np.clip(decoded[i], 0, 1)) for i in kept]
   detections.sort(key=lambda d: -d[0])
   return detections[:max_det]
 
@@ -93,3 +94,42 @@ def test_low_scores_give_no_detections():
   assert (np.asarray(out['num']) == 0).all()
   assert (np.asarray(out['scores']) == 0).all()
   assert out['boxes'].shape == (2, 10, 4)
+
+
+@pytest.mark.parametrize('seed', range(3))
+def test_nms_on_unclipped_boxes_matches_brute_force(seed):
+  """`clip_before_nms=False` (rock-pytorch): NMS on the raw boxes, clipped output."""
+  offsets, logits, anchors = _random_problem(seed)
+  anchors[:, 2:] *= 2.5  # Large boxes: many cross the border, so clipping matters.
+  out = jax.jit(
+    lambda o, lo: postprocess.postprocess(
+      o, lo, anchors, pre_nms_top_k=20, nms_iou=0.3, max_detections=25, clip_before_nms=False
+    )
+  )(offsets, logits)
+  out = jax.tree.map(np.asarray, out)
+  differs = False
+  for b in range(offsets.shape[0]):
+    kwargs = dict(thr=0.05, top_k=20, nms_iou=0.3, max_det=25)
+    expected = _np_postprocess(offsets[b], logits[b], anchors, clip_first=False, **kwargs)
+    clipped_first = _np_postprocess(offsets[b], logits[b], anchors, **kwargs)
+    differs |= len(expected) != len(clipped_first)
+    n = int(out['num'][b])
+    assert n == len(expected)
+    np.testing.assert_allclose(out['scores'][b, :n], [d[0] for d in expected], rtol=1e-5)
+    np.testing.assert_allclose(out['boxes'][b, :n], [d[2] for d in expected], atol=1e-5)
+    assert out['boxes'].min() >= 0 and out['boxes'].max() <= 1
+  assert differs  # The problem does tell the two orders apart.
+
+
+def test_clipping_order_on_two_border_boxes():
+  """Two boxes over the left border: IoU 0.5 unclipped, 1.0 once clipped."""
+  anchors = np.array([[0.3, 0.0, 0.2, 1.0], [0.3, 0.25, 0.2, 0.5]], np.float32)  # cy, cx, h, w
+  offsets = np.zeros((1, 2, 4), np.float32)
+  logits = np.array([[[0.0, 3.0], [0.0, 2.0]]], np.float32)
+  run = lambda clip: postprocess.postprocess(
+    offsets, logits, anchors, nms_iou=0.6, max_detections=3, clip_before_nms=clip
+  )
+  assert int(run(True)['num'][0]) == 1
+  unclipped = jax.tree.map(np.asarray, run(False))
+  assert int(unclipped['num'][0]) == 2
+  np.testing.assert_allclose(unclipped['boxes'][0, :2], [[0.2, 0.0, 0.4, 0.5]] * 2, atol=1e-6)
