@@ -9,15 +9,18 @@ test. The shared folder sits next to the project root; without it the fixture te
 import json
 import math
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 from safetensors.numpy import save_file
 
 from configs import rock_pytorch
-from rock_jax import boxes
+from rock_jax import boxes, checkpoints
 from rock_jax.models import detector
 from rock_jax.tools import import_rock_pytorch
 
@@ -160,3 +163,121 @@ def test_forward_matches_reference(recipe, variant, tmp_path):
     np.testing.assert_allclose(scale, recipe[variant]['output_abs_max'][name], rtol=1e-6)
     error = np.abs(ours[name] - ref).max() / scale
     assert error <= 1e-4, f'{variant} {name}: relative error {error:.2e}'
+
+
+SMOKE_DATA = (
+  '--config.data.name=synthetic_rooms',
+  '--config.data.builder_config=tiny',
+  '--config.data.eval_split=test',
+  '--config.model.num_classes=11',  # The synthetic rooms' classes.
+)
+
+
+def smoke_state(config, seed: int = 0) -> dict[str, np.ndarray]:
+  """A rock-pytorch-format state dict of the smoke network (keys from the importer's table)."""
+  rng = np.random.default_rng(seed)
+  shapes = import_rock_pytorch.variable_shapes(config)
+  state = {}
+  for key, target, _ in import_rock_pytorch.entries(config, shapes):
+    if target is None:
+      state[key] = np.zeros((), np.int64)
+      continue
+    leaf = shapes
+    for name in target:
+      leaf = leaf[name]
+    shape = import_rock_pytorch.torch_shape(leaf.shape)
+    if key.endswith('running_var') or (key.endswith('weight') and len(shape) == 1):
+      value = rng.uniform(0.5, 1.5, shape)
+    elif len(shape) == 4:
+      value = rng.normal(0, math.sqrt(1 / np.prod(shape[1:])), shape)
+    else:
+      value = rng.normal(0, 0.1, shape)
+    state[key] = value.astype(np.float32)
+  return state
+
+
+def test_import_errors_are_one_line(tmp_path):
+  config = rock_pytorch.get_config('smoke')
+  state = smoke_state(config)
+  cases = {
+    'missing': {k: v for k, v in state.items() if k != 'auxiliary.bn3.running_var'},
+    'unexpected': {**state, 'detection.loc.9.weight': np.zeros(3, np.float32)},
+    'shape': {**state, 'detection.conf.1.weight': np.zeros((7, 16, 3, 3), np.float32)},
+  }
+  expected = {
+    'missing': "missing key 'auxiliary.bn3.running_var'",
+    'unexpected': "unexpected key 'detection.loc.9.weight'",
+    'shape': "'detection.conf.1.weight' has shape (7, 16, 3, 3), expected (120, 16, 3, 3)",
+  }
+  for name, bad in cases.items():
+    path = str(tmp_path / f'{name}.npz')
+    np.savez(path, **bad)
+    with pytest.raises(import_rock_pytorch.WeightImportError) as info:
+      import_rock_pytorch.import_file(path, config)
+    message = str(info.value)
+    assert message.startswith(f'{path}: ') and expected[name] in message and '\n' not in message
+  # A ROCK file read as the baseline: the first auxiliary key is unexpected.
+  path = str(tmp_path / 'rock.npz')
+  np.savez(path, **state)
+  baseline = rock_pytorch.get_config('baseline,smoke')
+  with pytest.raises(import_rock_pytorch.WeightImportError, match="unexpected key 'auxiliary"):
+    import_rock_pytorch.import_file(path, baseline)
+  with pytest.raises(import_rock_pytorch.WeightImportError, match='no such file'):
+    import_rock_pytorch.import_file(str(tmp_path / 'absent.npz'), config)
+
+
+@pytest.mark.slow
+def test_import_then_eval_and_detect_entry_points(tmp_path):
+  """A rock-pytorch file -> import_weights CLI -> main --config.mode=eval, and -> detect."""
+  config = rock_pytorch.get_config('smoke')
+  config.model.num_classes = 11
+  state = smoke_state(config)
+  weights = str(tmp_path / 'rock_smoke.safetensors')
+  save_file(state, weights)
+  imported = str(tmp_path / 'imported')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  run = lambda *args: subprocess.run(
+    [sys.executable, '-m', *args], cwd=REPO, env=env, capture_output=True, text=True, check=False
+  )
+  result = run(
+    'rock_jax.tools.import_weights',
+    '--format=rock_pytorch',
+    f'--input={weights}',
+    f'--output={imported}',
+    '--config=configs/rock_pytorch.py:smoke',
+    *SMOKE_DATA,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  # The checkpoint holds the file's values, head channels reordered (anchor a, class c).
+  variables = checkpoints.load_variables(imported)
+  kernel = np.asarray(variables['params']['ssd']['cls0']['kernel'])  # [3, 3, C, A * 12]
+  conf = state['detection.conf.0.weight']  # [12 * A, C, 3, 3], channel c * A + a.
+  a, c, anchors = 2, 5, conf.shape[0] // 12
+  np.testing.assert_array_equal(kernel[..., a * 12 + c], conf[c * anchors + a].transpose(1, 2, 0))
+  np.testing.assert_array_equal(
+    variables['batch_stats']['rock']['fusion_bn']['mean'], state['auxiliary.bn3.running_mean']
+  )
+
+  workdir = str(tmp_path / 'eval')
+  result = run(
+    'rock_jax.main',
+    '--config=configs/rock_pytorch.py:smoke',
+    '--config.mode=eval',
+    f'--config.init_from={imported}',
+    f'--workdir={workdir}',
+    f'--config.data.data_dir={tmp_path / "tfds"}',
+    *SMOKE_DATA,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert os.path.exists(os.path.join(workdir, 'results.json')), os.listdir(workdir)
+
+  images = tmp_path / 'images'
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  Image.fromarray(rng.integers(0, 255, (90, 120, 3), np.uint8)).save(images / 'room.png')
+  out = str(tmp_path / 'detections')
+  result = run('rock_jax.detect', f'--checkpoint={imported}', f'--images={images}', f'--out={out}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(out, 'images.json')) as f:
+    assert json.load(f)['images'][0]['height'] == 90
+  assert os.path.exists(os.path.join(out, 'panels', 'room.png'))

@@ -30,6 +30,7 @@ read it. A missing, unexpected or mis-shaped key raises `WeightImportError` with
 line naming the file and the key (shapes as in the file, torch layout).
 """
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -216,6 +217,10 @@ def import_file(path: str, config: ml_collections.ConfigDict | None = None) -> t
   Returns:
     `(variables, config)`.
   """
+  if not os.path.isfile(path):
+    raise WeightImportError(f'{path}: no such file.')
+  if not path.endswith(('.safetensors', '.npz')):
+    raise WeightImportError(f'{path}: rock-pytorch weights must be .safetensors or .npz.')
   state = import_weights.read_torchvision(path)
   config = config if config is not None else default_config(state)
   return convert(state, config, path=path), config
