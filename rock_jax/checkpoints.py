@@ -19,6 +19,7 @@ Where the initial state comes from (`restore_or_initialize`), first match wins:
 """
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -166,7 +167,8 @@ def resolve_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int]:
   Raises:
     FileNotFoundError: when no checkpoint is found there.
   """
-  path = epath.Path(path)
+  # Orbax rejects relative paths: a relative one is taken from the current directory.
+  path = epath.Path(path if '://' in str(path) else os.path.abspath(path))
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   if path.name.isdigit() and (path / STATE).is_dir():
@@ -376,7 +378,8 @@ def restore_or_initialize(
     loaded = load_variables(config.init_from)
     merged = merge_variables(jax.device_get(fresh), loaded, tuple(config.get('init_exclude', ())))
     return with_variables(state, merged), f'initialised from {config.init_from}'
-  if config.get('init_backbone'):
+  # 'scratch' is the explicit opt-out of ImageNet initialisation (rock_jax.preflight).
+  if config.get('init_backbone') and config.init_backbone != 'scratch':
     if load_backbone is None:
       raise ValueError('config.init_backbone is set but no backbone loader was given.')
     merged = merge_backbone(jax.device_get(fresh), load_backbone(config.init_backbone))

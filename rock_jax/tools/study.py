@@ -34,7 +34,7 @@ from typing import Any
 
 from absl import app, flags
 
-from configs import synthetic
+from rock_jax.configs import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
