@@ -53,7 +53,7 @@ def test_run_command_isolates_variant_and_seed(tmp_path):
     boundaries=(8,),
     workdir=study.run_workdir(str(tmp_path), 10, 'flat_mtl', 2),
   )
-  assert '--config=configs/synthetic.py:smoke' in args
+  assert '--config=synthetic:smoke' in args
   assert '--config.model.variant=flat_mtl' in args
   assert '--config.seed=2' in args
   assert '--config.train.num_steps=10' in args
