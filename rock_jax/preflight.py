@@ -126,8 +126,16 @@ def check_data(config: ml_collections.ConfigDict) -> None:
     registered = getattr(module, 'BUILDER_NAME', name)
     full = f'{registered}/{builder_config}' if builder_config else registered
     data_dir = data.get('data_dir')
-    builder = tfds.builder(full, data_dir=absolute(data_dir) if data_dir else None)
-    if builder.is_prepared():
+    verbosity = logging.get_verbosity()
+    # TFDS warns "Variant folder ... has no dataset_info.json" for a dataset not built
+    # yet: that is what this check reports, in its own words.
+    logging.set_verbosity(logging.ERROR)
+    try:
+      builder = tfds.builder(full, data_dir=absolute(data_dir) if data_dir else None)
+      prepared = builder.is_prepared()
+    finally:
+      logging.set_verbosity(verbosity)
+    if prepared:
       continue
     manual_dir = data.get('manual_dir')
     manual = epath.Path(
