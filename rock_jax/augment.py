@@ -144,10 +144,11 @@ def resize(
     The resized example (boxes are normalised, so unchanged).
   """
   out = dict(example)
-  image = example['image']
-  if image.dtype == tf.uint8:
-    image = tf.cast(image, tf.float32) / 255.0
-  out['image'] = tf.image.resize(image, image_size, method='bilinear', antialias=False)
+  if 'image' in example:  # The eval pipeline resizes it with input_pipeline.preprocess_image.
+    image = example['image']
+    if image.dtype == tf.uint8:
+      image = tf.cast(image, tf.float32) / 255.0
+    out['image'] = tf.image.resize(image, image_size, method='bilinear', antialias=False)
   for key in DENSE_KEYS:
     if key in example:
       x = example[key]

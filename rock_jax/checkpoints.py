@@ -19,6 +19,7 @@ Where the initial state comes from (`restore_or_initialize`), first match wins:
 """
 
 import json
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -166,7 +167,8 @@ def resolve_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int]:
   Raises:
     FileNotFoundError: when no checkpoint is found there.
   """
-  path = epath.Path(path)
+  # Orbax rejects relative paths: a relative one is taken from the current directory.
+  path = epath.Path(path if '://' in str(path) else os.path.abspath(path))
   if (path / 'checkpoints').is_dir():
     path = path / 'checkpoints'
   if path.name.isdigit() and (path / STATE).is_dir():
@@ -179,6 +181,52 @@ def resolve_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int]:
   if not steps:
     raise FileNotFoundError(f'No Orbax checkpoint found at {path}.')
   return path, steps[-1]
+
+
+def best_step(directory: str | epath.Path) -> int | None:
+  """The step with the best validation mAP@0.5 in a checkpoints folder (None: no metrics).
+
+  Args:
+    directory: a manager directory (`resolve_checkpoint(...)[0]`).
+  """
+  manager = ocp.CheckpointManager(
+    epath.Path(directory),
+    options=ocp.CheckpointManagerOptions(
+      read_only=True, enable_async_checkpointing=False, best_fn=_best_metric, best_mode='max'
+    ),
+  )
+  try:
+    # Orbax writes `<step>/metrics` only for steps saved with validation metrics.
+    with_metrics = [
+      s for s in manager.all_steps() if (manager.directory / str(s) / 'metrics').exists()
+    ]
+    return manager.best_step() if with_metrics else None
+  finally:
+    manager.close()
+
+
+def select_checkpoint(
+  path: str | epath.Path, *, latest: bool = False
+) -> tuple[epath.Path, int, str]:
+  """The checkpoint a user-given path means for inference: best on validation by default.
+
+  Args:
+    path: a workdir, its `checkpoints` folder (the best step on validation when
+      metrics were saved, else the latest) or one step folder (that step).
+    latest: take the latest step instead of the best one.
+
+  Returns:
+    (the manager directory, the step, 'best', 'latest' or 'given').
+  """
+  directory, step = resolve_checkpoint(path)
+  given = epath.Path(path if '://' in str(path) else os.path.abspath(path))
+  if given.name.isdigit() and given.parent == directory:
+    return directory, step, 'given'
+  if not latest:
+    best = best_step(directory)
+    if best is not None:
+      return directory, best, 'best'
+  return directory, step, 'latest'
 
 
 def load_config(path: str | epath.Path) -> ml_collections.ConfigDict:
@@ -376,7 +424,8 @@ def restore_or_initialize(
     loaded = load_variables(config.init_from)
     merged = merge_variables(jax.device_get(fresh), loaded, tuple(config.get('init_exclude', ())))
     return with_variables(state, merged), f'initialised from {config.init_from}'
-  if config.get('init_backbone'):
+  # 'scratch' is the explicit opt-out of ImageNet initialisation (rock_jax.preflight).
+  if config.get('init_backbone') and config.init_backbone != 'scratch':
     if load_backbone is None:
       raise ValueError('config.init_backbone is set but no backbone loader was given.')
     merged = merge_backbone(jax.device_get(fresh), load_backbone(config.init_backbone))

@@ -1,11 +1,19 @@
 """Run a trained detector on a folder of images: COCO-style JSON and Figure-3 panels.
 
   python -m rock_jax.detect --checkpoint=WORKDIR --images=FOLDER --out=OUT \
-      [--config=configs/nyuv2.py] [--score_threshold=0.3]
+      [--config=configs/nyuv2.py] [--score_threshold=0.3] [--latest]
 
-Images of any size and mode are read with PIL (EXIF orientation applied), resized
-to `config.data.image_size` and normalised as in training; detections come back
-as normalised boxes and are mapped to the original pixels. Writes:
+`--images` is a folder, one image file or a glob (`'photos/*.jpg'`, quoted). Given a
+workdir, detect loads the checkpoint chosen on validation (best mAP@0.5, as the
+trainer's test evaluation does) when the run saved validation metrics, else the
+latest; `--latest` takes the latest, and a step folder (`WORKDIR/checkpoints/<step>`)
+that step. It prints which step it loaded.
+
+Images of any size and mode are read with PIL (EXIF orientation applied), then go
+through `input_pipeline.preprocess_image`, the function the eval pipeline uses
+(resize without antialiasing, ImageNet normalisation); detections come back as
+normalised boxes and are mapped to the original pixels with the evaluator's
+`evaluate.to_pixels_xywh`. Writes:
 - `OUT/detections.json`: COCO results, `{image_id, category_id, bbox: [x, y, w, h]
   in original pixels, score}` (every detection above `config.eval.score_threshold`);
 - `OUT/images.json`: `images` (id, file_name, height, width) and `categories`
@@ -19,6 +27,7 @@ checkpoint must match the model it builds (a one-line error says what differs).
 from __future__ import annotations
 
 import dataclasses
+import glob
 import importlib
 import json
 import os
@@ -35,7 +44,7 @@ from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rock_jax import boxes as box_lib
-from rock_jax import checkpoints, input_pipeline, panels, postprocess
+from rock_jax import checkpoints, evaluate, input_pipeline, panels, postprocess
 from rock_jax.models import detector, rock
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -61,6 +70,7 @@ class LoadedModel:
     task_kinds: auxiliary task name -> kind, in config order.
     label_names: task name -> class names for image-level class tasks.
     step: the checkpoint step.
+    kind: how the step was chosen: 'best' (on validation), 'latest' or 'given'.
   """
 
   config: ml_collections.ConfigDict
@@ -71,6 +81,7 @@ class LoadedModel:
   task_kinds: dict[str, str]
   label_names: dict[str, tuple[str, ...]]
   step: int
+  kind: str = 'given'
 
 
 def _one_line(error: Exception) -> str:
@@ -129,13 +140,18 @@ def class_names_for(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
 
 
 def load_model(
-  checkpoint: str | os.PathLike, config: ml_collections.ConfigDict | None = None
+  checkpoint: str | os.PathLike,
+  config: ml_collections.ConfigDict | None = None,
+  *,
+  latest: bool = False,
 ) -> LoadedModel:
   """Loads a checkpoint's variables into the detector its config describes.
 
   Args:
-    checkpoint: a workdir, its `checkpoints` folder or one step folder.
+    checkpoint: a workdir, its `checkpoints` folder (the best step on validation, else
+      the latest) or one step folder (that step).
     config: the experiment config; None uses the one saved with the checkpoint.
+    latest: take the latest step, not the best one on validation.
 
   Returns:
     The loaded model.
@@ -144,7 +160,7 @@ def load_model(
     DetectError: no checkpoint there, or a checkpoint that does not fit the model.
   """
   try:
-    directory, step = checkpoints.resolve_checkpoint(checkpoint)
+    directory, step, kind = checkpoints.select_checkpoint(checkpoint, latest=latest)
   except FileNotFoundError:
     raise DetectError(f'no checkpoint found at {checkpoint}') from None
   if config is None:
@@ -182,21 +198,32 @@ def load_model(
     task_kinds=task_kinds,
     label_names=label_names,
     step=step,
+    kind=kind,
   )
 
 
-def list_images(folder: str | os.PathLike) -> list[epath.Path]:
-  """Returns the image files of a folder (not recursive), sorted by name.
+def list_images(images: str | os.PathLike) -> list[epath.Path]:
+  """Returns the image files a folder (not recursive), a file or a glob names, sorted.
 
   Raises:
-    DetectError: the folder does not exist or holds no image.
+    DetectError: nothing there, or no image among it.
   """
-  folder = epath.Path(folder)
-  if not folder.is_dir():
-    raise DetectError(f'image folder not found: {folder}')
-  files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+  text = os.fspath(images)
+  path = epath.Path(text)
+  if path.is_file():
+    return [path]
+  if glob.has_magic(text):
+    files = sorted(
+      epath.Path(p) for p in glob.glob(text) if os.path.splitext(p)[1].lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+      raise DetectError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) match {text}')
+    return files
+  if not path.is_dir():
+    raise DetectError(f'image folder not found (nor an image file or glob): {path}')
+  files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
   if not files:
-    raise DetectError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {folder}')
+    raise DetectError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {path}')
   return files
 
 
@@ -230,18 +257,15 @@ def check_images(files: Sequence[epath.Path]) -> None:
 
 
 def preprocess(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
-  """Resizes an RGB uint8 image to `image_size` (H, W) and normalises it.
+  """The model input of an RGB uint8 image: `input_pipeline.preprocess_image`.
 
-  The whole image is resized (no crop, no padding), as the training pipeline does
-  after its crops, so boxes map back with one scale per axis.
+  The whole image is resized (no crop, no padding), as the eval pipeline does, so
+  boxes map back with one scale per axis.
 
   Returns:
     float32 `[H, W, 3]`.
   """
-  height, width = image_size
-  resized = Image.fromarray(image).resize((width, height), Image.BILINEAR)
-  x = np.asarray(resized, np.float32) / 255.0
-  return (x - np.asarray(MEAN_RGB, np.float32)) / np.asarray(STDDEV_RGB, np.float32)
+  return input_pipeline.preprocess_image(np.asarray(image), tuple(image_size)).numpy()
 
 
 def make_predict_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[dict, dict]]:
@@ -279,19 +303,17 @@ def to_coco(
   Returns:
     `[{image_id, category_id, bbox: [x, y, w, h], score}, ...]`, best first.
   """
-  height, width = orig_size
-  results = []
-  for i in range(int(det['num'])):
-    ymin, xmin, ymax, xmax = np.asarray(det['boxes'][i], np.float64) * ([height, width] * 2)
-    results.append(
-      {
-        'image_id': int(image_id),
-        'category_id': int(det['classes'][i]),
-        'bbox': [round(float(v), 2) for v in (xmin, ymin, xmax - xmin, ymax - ymin)],
-        'score': round(float(det['scores'][i]), 5),
-      }
-    )
-  return results
+  height, width = (int(v) for v in orig_size)
+  return [
+    {
+      'image_id': int(image_id),
+      'category_id': int(det['classes'][i]),
+      # The evaluator's conversion (and clamp), so both write the same boxes.
+      'bbox': evaluate.to_pixels_xywh(det['boxes'][i], height, width),
+      'score': float(det['scores'][i]),
+    }
+    for i in range(int(det['num']))
+  ]
 
 
 def _index(tree: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
@@ -308,12 +330,13 @@ def run(
   batch_size: int = 1,
   tile_height: int = 240,
   write_panels: bool = True,
+  latest: bool = False,
 ) -> dict[str, Any]:
   """Detects objects in every image of a folder and writes the JSON files and panels.
 
   Args:
     checkpoint: see `load_model`.
-    images: folder of images.
+    images: a folder of images, one image file or a glob.
     out: output folder (created).
     config: the experiment config; None uses the checkpoint's.
     score_threshold: panels draw detections at or above it (the JSON keeps every
@@ -321,9 +344,11 @@ def run(
     batch_size: images per forward pass (the last batch is padded).
     tile_height: panel tile height in pixels.
     write_panels: write `panels/<name>.png`.
+    latest: take the latest checkpoint, not the best one on validation.
 
   Returns:
-    A summary: `num_images`, `num_detections`, `step` and the written paths.
+    A summary: `num_images`, `num_detections`, `step`, `checkpoint_kind` and the
+    written paths.
 
   Raises:
     DetectError: a missing checkpoint, a checkpoint that does not match the
@@ -333,7 +358,7 @@ def run(
     raise DetectError(f'batch_size must be >= 1, got {batch_size}')
   files = list_images(images)
   check_images(files)
-  loaded = load_model(checkpoint, config)
+  loaded = load_model(checkpoint, config, latest=latest)
   image_size = tuple(loaded.config.data.image_size)
   predict = make_predict_fn(loaded)
   out = epath.Path(out)
@@ -377,10 +402,18 @@ def run(
     'num_images': len(files),
     'num_detections': len(results),
     'step': loaded.step,
+    'checkpoint_kind': loaded.kind,
     'detections': str(out / 'detections.json'),
     'images': str(out / 'images.json'),
     'panels': str(out / 'panels') if write_panels else None,
   }
+
+
+_KIND_TEXT = {
+  'best': 'best on validation',
+  'latest': 'latest',
+  'given': 'as given',
+}
 
 
 def _cli() -> None:
@@ -392,7 +425,8 @@ def _cli() -> None:
     'config', None, 'Experiment config (default: the one saved with the checkpoint).'
   )
   flags.DEFINE_string('checkpoint', None, 'Workdir, checkpoints folder or step folder.')
-  flags.DEFINE_string('images', None, 'Folder of images to run on.')
+  flags.DEFINE_string('images', None, 'Folder, image file or glob (quoted) of images.')
+  flags.DEFINE_bool('latest', False, 'Load the latest checkpoint, not the best on validation.')
   flags.DEFINE_string('out', None, 'Output folder.')
   flags.DEFINE_float('score_threshold', 0.3, 'Panels draw detections scoring at least this.')
   flags.DEFINE_integer('batch_size', 1, 'Images per forward pass.')
@@ -415,16 +449,21 @@ def _cli() -> None:
         batch_size=values.batch_size,
         tile_height=values.tile_height,
         write_panels=values.panels,
+        latest=values.latest,
       )
     except DetectError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
     print(
       f'{summary["num_images"]} images, {summary["num_detections"]} detections '
-      f'(checkpoint step {summary["step"]}) -> {values.out}'
+      f'(checkpoint step {summary["step"]}, {_KIND_TEXT[summary["checkpoint_kind"]]}) '
+      f'-> {values.out}'
     )
 
-  app.run(main)
+  # `--config=nyuv2` (a shipped config's short name) works as in rock_jax.main.
+  from rock_jax import configs
+
+  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(configs.resolve_argv(argv)))
 
 
 if __name__ == '__main__':

@@ -344,10 +344,10 @@ def _to_json(tree: Any) -> Any:
   return tree
 
 
-def scalar_results(results: Mapping[str, Any]) -> dict[str, float]:
+def scalar_results(results: Mapping[str, Any], prefix: str = 'eval/') -> dict[str, float]:
   """The numeric entries of `results`, for the metric writers (`eval/...`)."""
   return {
-    f'eval/{k}': float(v)
+    f'{prefix}{k}': float(v)
     for k, v in results.items()
     if isinstance(v, int | float | np.generic) and not isinstance(v, bool) and k != 'step'
   }
@@ -368,7 +368,9 @@ def format_results(results: Mapping[str, Any], class_names: Sequence[str], name:
   extra = [
     (k, v)
     for k, v in results.items()
-    if not k.startswith(('mAP', 'AP@')) and k not in ('step', 'split', 'num_images')
+    if not k.startswith(('mAP', 'AP@'))
+    and k not in ('step', 'split', 'num_images', 'validation')
+    and not isinstance(v, Mapping)
   ]
   lines.append(
     f'split={results.get("split")} step={results.get("step")} images={results.get("num_images")}'

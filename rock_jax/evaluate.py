@@ -32,8 +32,12 @@ from pycocotools.cocoeval import COCOeval
 METRIC_NAMES = ('mAP@[0.5:0.95]', 'mAP@0.5', 'mAP@0.75')
 
 
-def _to_pixels_xywh(box: np.ndarray, height: int, width: int) -> list[float]:
-  """Normalised `[ymin, xmin, ymax, xmax]` -> COCO `[x, y, w, h]` in pixels."""
+def to_pixels_xywh(box: np.ndarray, height: int, width: int) -> list[float]:
+  """Normalised `[ymin, xmin, ymax, xmax]` -> COCO `[x, y, w, h]` in pixels.
+
+  The one conversion for the evaluator and `rock_jax.detect`: widths and heights of
+  inverted boxes are clamped to 0.
+  """
   y0, x0, y1, x1 = (float(v) for v in box)
   return [x0 * width, y0 * height, max(x1 - x0, 0.0) * width, max(y1 - y0, 0.0) * height]
 
@@ -99,7 +103,7 @@ class CocoEvaluator:
       for box, label, real in zip(gt_boxes[b], gt_labels[b], gt_mask[b], strict=True):
         if not real:
           continue
-        xywh = _to_pixels_xywh(box, height, width)
+        xywh = to_pixels_xywh(box, height, width)
         self._gt.append(
           {
             # pycocotools treats a matched gt id of 0 as "unmatched": ids start at 1.
@@ -116,7 +120,7 @@ class CocoEvaluator:
           {
             'image_id': int(image_id),
             'category_id': int(det['classes'][b, n]),
-            'bbox': _to_pixels_xywh(det['boxes'][b, n], height, width),
+            'bbox': to_pixels_xywh(det['boxes'][b, n], height, width),
             'score': float(det['scores'][b, n]),
           }
         )

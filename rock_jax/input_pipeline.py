@@ -91,6 +91,32 @@ def get_builder(
   return builder
 
 
+def normalize_image(image: tf.Tensor) -> tf.Tensor:
+  """`[0, 1]` RGB -> the model's input scale (ImageNet mean and standard deviation)."""
+  return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def preprocess_image(image: tf.Tensor | np.ndarray, image_size: Sequence[int]) -> tf.Tensor:
+  """An evaluation or inference image as the model sees it: the one function for both.
+
+  The whole image is resized to `image_size` (bilinear, no antialiasing, as in training:
+  `augment.resize`) and normalised. The eval pipeline (`create_eval_dataset`) and
+  `rock_jax.detect` both call it, so a photo reaches the model exactly as a test image.
+
+  Args:
+    image: `[H, W, 3]` uint8 RGB, or float in [0, 1].
+    image_size: `(H, W)` of the model input.
+
+  Returns:
+    float32 `[*image_size, 3]`.
+  """
+  image = tf.convert_to_tensor(image)
+  if image.dtype == tf.uint8:
+    image = tf.cast(image, tf.float32) / 255.0
+  resized = tf.image.resize(image, image_size, method='bilinear', antialias=False)
+  return tf.ensure_shape(tf.cast(normalize_image(resized), tf.float32), [*image_size, 3])
+
+
 def conv5_size(config: ml_collections.ConfigDict) -> tuple[int, int]:
   """The dense target grid `(ceil(H / s), ceil(W / s))` for the model's input size."""
   stride = config.model.backbone.output_stride
@@ -167,11 +193,16 @@ def _targets(
   config: ml_collections.ConfigDict,
   anchors: np.ndarray,
   grid: tuple[int, int],
+  image: tf.Tensor | None = None,
 ) -> Batch:
-  """Normalised image, box targets, dense targets and presence flags of one example."""
+  """Normalised image, box targets, dense targets and presence flags of one example.
+
+  `image`, when given, is the model input already (`preprocess_image`); otherwise
+  `ex['image']` (resized, in [0, 1]) is normalised.
+  """
   data = config.data
   h, w = grid
-  image = (ex['image'] - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+  image = normalize_image(ex['image']) if image is None else image
   num = tf.minimum(tf.shape(ex['boxes'])[0], data.max_boxes)
   pad = [[0, data.max_boxes - num]]
   gt_boxes = tf.pad(ex['boxes'][:num], pad + [[0, 0]])
@@ -382,8 +413,11 @@ def create_eval_dataset(
   def process(raw):
     ex = _decode(raw, features)
     orig_size = tf.shape(ex['image'])[:2]
-    ex = augment.resize(ex, image_size, dense_size)
-    out = _targets(ex, raw, config=config, anchors=anchors, grid=grid)
+    # The model input exactly as `rock_jax.detect` makes it from a photo.
+    image = preprocess_image(ex['image'], image_size)
+    ex = {k: v for k, v in ex.items() if k != 'image'}
+    ex = augment.resize(ex, image_size, dense_size)  # The dense targets.
+    out = _targets(ex, raw, config=config, anchors=anchors, grid=grid, image=image)
     out['image_id'] = tf.cast(raw.get('image_id', tf.constant(-1, tf.int64)), tf.int64)
     out['orig_size'] = tf.cast(orig_size, tf.int32)
     out['valid'] = tf.constant(1.0)

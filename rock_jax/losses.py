@@ -9,6 +9,11 @@ indexing) and returns a scalar. Normalisation:
   over the present examples. A missing task contributes zero loss and zero gradient;
   a batch where nobody has the task gives 0.
 
+Every logged part is >= 0 with the default config, so a total near 0 means good: the
+classification and scene cross-entropies, smooth-L1 and the log-depth berHu/Huber are
+non-negative by construction, and the normals loss `-cos + ||n - g||^2` (in [-1, 5])
+gets the reference's `+1` offset (`config.loss.normals_offset`, 0 for the plain form).
+
 Task losses are chosen by task name (`TASK_LOSSES`), falling back on the task kind
 (`KIND_LOSSES`); register a new task by adding an entry.
 """
@@ -236,16 +241,19 @@ def log_space_regression_loss(
 
 
 def normals_loss(
-  pred: Array, target: Array, valid: Array, present: Array, *, offset: float = 0.0
+  pred: Array, target: Array, valid: Array, present: Array, *, offset: float = 1.0
 ) -> Array:
   """`-dot(n, g) + ||n - g||^2 + offset` per valid pixel, `n` the L2-normalised prediction.
+
+  With unit vectors `-dot + ||n - g||^2 = 2 - 3 cos(n, g)` lies in [-1, 5]: the default
+  offset 1 (the reference's) makes it >= 0, exactly 0 for a perfect prediction.
 
   Args:
     pred: `[B, h, w, 3]` unnormalised prediction.
     target: `[B, h, w, 3]` unit normals.
     valid: `[B, h, w]` valid-pixel mask.
     present: `[B]` presence flags.
-    offset: constant added per pixel (the reference uses 1 to keep the loss >= 0).
+    offset: constant added per pixel (1, the reference's, keeps the loss >= 0).
 
   Returns:
     Mean over present examples of the per-example mean over valid pixels.

@@ -1,24 +1,35 @@
 """Entry point: trains and evaluates ROCK, or evaluates a checkpoint.
 
-  python -m rock_jax.main --config=configs/nyuv2.py --workdir=DIR
+  python -m rock_jax.main --config=configs/nyuv2.py --config.init_backbone=IMAGENET_DIR \
+      --workdir=DIR
   python -m rock_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/smoke
+  python -m rock_jax.main --config=synthetic:smoke --workdir=/tmp/smoke  # from anywhere
   python -m rock_jax.main --config=configs/nyuv2.py --config.mode=eval \
       --config.init_from=DIR --config.data.eval_split=test --workdir=EVAL_DIR
 
+`--config` takes a file path or the short name of a config shipped in the package
+(`nyuv2`, `synthetic:smoke`, ...; see `rock_jax.configs`), so it works from any
+directory and after a wheel install. Relative paths (workdir, `init_from`,
+`init_backbone`) are taken from the current directory.
 Any config field can be overridden with `--config.<field>=value`. Rerunning a
 command on the same workdir resumes from its last checkpoint.
 """
 
-import logging as std_logging
 import os
-from collections.abc import Sequence
 
-import jax
-import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
+# Before TensorFlow loads: its C++ INFO lines would bury the one-line start-up errors.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
-from rock_jax import train
+import logging as std_logging  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+import jax  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from rock_jax import configs, preflight, train  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
@@ -57,6 +68,13 @@ def main(argv: Sequence[str]) -> None:
   """Runs `train.train_and_evaluate` with the parsed config."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  workdir = absolute_workdir(_WORKDIR.value)
+  try:
+    # ImageNet weights, paths and data: fail in one line before anything is built.
+    config = preflight.run(_CONFIG.value, workdir)
+  except preflight.StartupError as error:
+    print(f'error: {error}', file=sys.stderr)
+    sys.exit(1)
   # TensorFlow only feeds data: keep it off the accelerators (and their memory).
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
@@ -73,7 +91,7 @@ def main(argv: Sequence[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  train.train_and_evaluate(_CONFIG.value, absolute_workdir(_WORKDIR.value))
+  train.train_and_evaluate(config, workdir)
 
 
 def quiet_orbax(record: std_logging.LogRecord) -> bool:
@@ -86,5 +104,10 @@ def absolute_workdir(path: str) -> str:
   return path if '://' in path else os.path.abspath(path)
 
 
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parser, after mapping `--config=<short name>` to a shipped file."""
+  return app.parse_flags_with_usage(configs.resolve_argv(argv))
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -29,7 +29,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim
+from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim, preflight
 from rock_jax.models import detector
 
 # Batch entries the train step needs besides the per-task ones.
@@ -228,11 +228,13 @@ def train_and_evaluate(
   Returns:
     The final evaluation results (also in `workdir/results.json`).
   """
+  if config.mode not in ('train', 'eval'):
+    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}.")
+  # ImageNet weights, paths and data, checked before anything is built.
+  config = preflight.run(config, workdir)
   workdir = epath.Path(workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
-  if config.mode not in ('train', 'eval'):
-    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}.")
   batch_size = config.train.batch_size if config.mode == 'train' else config.eval.batch_size
   mesh = create_mesh(batch_size) if mesh is None else mesh
   with jax.set_mesh(mesh):
@@ -346,12 +348,25 @@ def _train(
   pending: tuple[int, dict[str, jax.Array]] | None = None
   results: dict[str, Any] = {}
   evaluators: list[eval_loop.Evaluator] = []
+  validation: dict[int, dict[str, Any]] = {}  # eval_split results by step.
 
-  def evaluate(step: int, panels_dir: epath.Path | None) -> dict[str, Any]:
+  # Periodic evaluation and checkpoint selection: on the validation split, never test.
+  eval_split = config.data.get('eval_split') or ''
+  test_split = config.data.get('test_split') or ''
+  if eval_split and eval_split == test_split:
+    raise ValueError(
+      f'config.data.eval_split and test_split are both {eval_split!r}: the checkpoint must '
+      'be chosen without the split it is tested on.'
+    )
+
+  def evaluate(
+    step: int, panels_dir: epath.Path | None, split: str = eval_split, variables: Any = None
+  ) -> dict[str, Any]:
     # Built on first use: it reads the dataset's class names.
     if not evaluators:
       evaluators.append(eval_loop.Evaluator(config, model, mesh))
-    return evaluators[0].run(state, config.data.eval_split, step=step, panels_dir=panels_dir)
+    target = state if variables is None else variables
+    return evaluators[0].run(target, split, step=step, panels_dir=panels_dir)
 
   def settle() -> None:
     """Fetches the previous step's metrics and stops on a non-finite value."""
@@ -383,7 +398,7 @@ def _train(
       for hook in hooks:
         hook(step)
       log_now = _is_final_or_every(step, config.train.log_every, num_steps)
-      eval_now = _is_final_or_every(step, config.train.eval_every, num_steps)
+      eval_now = bool(eval_split) and _is_final_or_every(step, config.train.eval_every, num_steps)
       save_now = eval_now or _is_final_or_every(step, config.train.checkpoint_every, num_steps)
       if log_now or eval_now or save_now:
         settle()
@@ -392,15 +407,44 @@ def _train(
         history = []
       if eval_now:
         with metric_writers.ensure_flushes(writer):
-          panels_dir = workdir / 'panels' if step == num_steps else None
+          panels_dir = workdir / 'panels' if step == num_steps and not test_split else None
           results = evaluate(step, panels_dir)
+          validation[step] = results
           writer.write_scalars(step, eval_loop.scalar_results(results))
       if save_now:
         checkpoints.save(manager, step, state, config, metrics=results if eval_now else None)
     settle()
-    if start_step >= num_steps:
+    if start_step >= num_steps and eval_split and not test_split:
       # Already trained (e.g. a rerun after the end): evaluate the final state again.
       results = evaluate(start_step, workdir / 'panels')
+    manager.wait_until_finished()
+    if test_split:
+      # Once, at the end: the best checkpoint by validation mAP@0.5 (or the final one
+      # without a validation split), chosen before the test split is read.
+      best = manager.best_step() if eval_split else None
+      chosen = best if best is not None else manager.latest_step()
+      variables = jax.tree.map(
+        lambda x: jax.device_put(x, replicated),
+        checkpoints.load_variables(manager.directory / str(chosen)),
+      )
+      logging.info(
+        'Testing step %d (%s) on %s.', chosen, 'best' if best is not None else 'final', test_split
+      )
+      results = evaluate(chosen, workdir / 'panels', split=test_split, variables=variables)
+      results.update(
+        checkpoint=str(manager.directory / str(chosen)),
+        checkpoint_step=int(chosen),
+        checkpoint_kind='best' if best is not None else 'final',
+        selected_by=f'{checkpoints.BEST_METRIC} on {eval_split}'
+        if best is not None
+        else 'last step',
+      )
+      if chosen in validation:  # The chosen checkpoint's validation metrics (this run's).
+        results['validation'] = eval_loop.scalar_results(validation[chosen], prefix='')
+    elif results:
+      # No test split: the result is the final evaluation on eval_split, of the last step.
+      results.update(checkpoint_step=int(results.get('step') or num_steps))
+      results.update(checkpoint_kind='final', selected_by='last step')
   finally:
     manager.wait_until_finished()
     manager.close()

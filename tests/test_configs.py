@@ -121,7 +121,9 @@ def test_pretraining_finetuning_and_cityscapes():
   assert (mlt.train.num_steps, tuple(mlt.train.lr_boundaries)) == (320_000, (240_000,))
   finetune = parse('configs/nyuv2_finetune.py', '--config.init_from=/ckpt')
   assert finetune.init_from == '/ckpt' and finetune.model.num_classes == 19
-  assert finetune.data.eval_split == 'test' and finetune.init_exclude
+  # Official split: no validation images, so nothing is chosen; test once, final step.
+  assert (finetune.data.eval_split, finetune.data.test_split) == ('', 'test')
+  assert finetune.init_exclude
   city = parse('configs/cityscapes.py')
   assert (city.model.num_classes, city.model.tasks, city.train.num_steps) == (8, 'depth', 60_000)
 

@@ -247,3 +247,25 @@ def test_aux_weights_zero_and_kind_fallback():
   np.testing.assert_allclose(total, parts['cls'] + 3.0 * parts['loc'], rtol=1e-6)
   with pytest.raises(ValueError, match='No loss'):
     losses.task_loss_fn('unknown', config)
+
+
+def test_every_logged_part_is_non_negative_by_default():
+  """A total near 0 means good: the normals part carries the reference's +1 offset."""
+  config = get_base_config()
+  assert config.loss.normals_offset == 1.0
+  logits, cls_targets, box_preds, box_targets = _fixture(batch=4)
+  batch, aux = _dense_batch()
+  batch.update(box_targets=box_targets, cls_targets=cls_targets)
+  # Normals along the targets (the optimum, -cos = -1), opposite to them, and random.
+  # Float rounding may leave -1e-8 at the optimum.
+  for sign in (1.0, -1.0, None):
+    normals = aux['normals'] if sign is None else sign * batch['normals']
+    outputs = {'boxes': box_preds, 'logits': logits, 'aux': {**aux, 'normals': normals}}
+    total, parts = losses.multi_loss(outputs, batch, config=config)
+    for name, value in parts.items():
+      assert float(value) >= -1e-6, (name, float(value))
+    assert float(total) >= 0.0
+    if sign == 1.0:  # A perfect normals prediction costs 0.
+      assert float(parts['normals']) == pytest.approx(0.0, abs=1e-5)
+    if sign == -1.0:  # Opposite: -cos + ||n - g||^2 + 1 = 1 + 4 + 1 per pixel.
+      assert float(parts['normals']) == pytest.approx(6.0, rel=1e-5)

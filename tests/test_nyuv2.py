@@ -283,3 +283,13 @@ def test_val_split_file_with_test_scene(nyu, tmp_path):
   _expect("val_split.txt: scene 'bathroom_0001' belongs to the test", _build, manual,
           tmp_path / 'data', config='paper')  # fmt: skip
   shutil.rmtree(tmp_path / 'data', ignore_errors=True)
+
+
+def test_paper_split_that_would_take_every_train_image_is_a_clear_error(nyu, tmp_path):
+  """6 official train images, all in a validation split of 122: no silent empty split."""
+  with pytest.raises(files.DataError) as error:
+    _build(nyu['manual'], tmp_path / 'data', config='paper')
+  text = str(error.value)
+  assert 'leaves 0 train and 6 validation images' in text and 'official' in text
+  assert 'No examples were yielded' not in text
+  _assert_no_dataset_left(str(tmp_path / 'data'), 'paper')

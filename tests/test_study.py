@@ -13,6 +13,7 @@ import sys
 
 import cached_env
 import pytest
+from absl import app
 
 from rock_jax.tools import study
 
@@ -53,7 +54,7 @@ def test_run_command_isolates_variant_and_seed(tmp_path):
     boundaries=(8,),
     workdir=study.run_workdir(str(tmp_path), 10, 'flat_mtl', 2),
   )
-  assert '--config=configs/synthetic.py:smoke' in args
+  assert '--config=synthetic:smoke' in args
   assert '--config.model.variant=flat_mtl' in args
   assert '--config.seed=2' in args
   assert '--config.train.num_steps=10' in args
@@ -154,3 +155,15 @@ def test_ordering_ranks_by_mean_map():
     'flat_mtl': [{'mAP@0.5': None}],
   }
   assert study.ordering(['baseline', 'rock', 'flat_mtl'], runs) == 'ROCK > Detection baseline'
+
+
+def test_default_report_never_overwrites_the_committed_results(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert study.report_path(None, 'workdir/study', smoke=False) == 'workdir/study/RESULTS.md'
+  assert study.report_path(None, 'workdir/study', smoke=True) == 'workdir/study/RESULTS.md'
+  # The committed table is written only when named, and never by a smoke study.
+  committed = os.path.join(study.REPO, 'RESULTS.md')
+  assert study.report_path(committed, 'r', smoke=False) == committed
+  for out in (committed, 'RESULTS.md'):
+    with pytest.raises(app.UsageError, match='never writes'):
+      study.report_path(out, 'r', smoke=True)

@@ -47,6 +47,12 @@ from rock_jax.datasets import features, files, geometry
 
 # The registered TFDS name (not 'cityscapes', which TFDS' catalogue already uses).
 BUILDER_NAME = 'cityscapes_rock'
+# What the trainer checks before it starts (`rock_jax.preflight`).
+MANUAL_FILES = ('leftImg8bit', 'disparity', 'gtFine')
+DOWNLOAD_URLS = (
+  'https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip, '
+  'disparity_trainvaltest.zip, gtFine_trainvaltest.zip; free registration)',
+)
 HEIGHT, WIDTH = 1024, 2048
 # Cityscapes labelIds of the 8 instance classes.
 CLASSES = {

@@ -58,6 +58,10 @@ from rock_jax.datasets import features, files, geometry
 BUILDER_NAME = 'mlt'  # The registered TFDS name.
 HEIGHT, WIDTH = 480, 640
 GOODLIST = 'data_goodlist_v2.txt'
+# What the trainer checks before it starts (`rock_jax.preflight`); the instance maps'
+# folder depends on the builder config and is checked by the builder.
+MANUAL_FILES = (GOODLIST, 'mlt_v2', 'depth_v2', 'normal_v2', 'category_v2')
+DOWNLOAD_URLS = ('https://github.com/yindaz/pbrs',)
 
 # NYU-40 ids of the NYUv2 detection classes that NYU-40 keeps.
 NYU40_17 = (

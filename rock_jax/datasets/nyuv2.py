@@ -57,6 +57,14 @@ MAT_FILE = 'nyu_depth_v2_labeled.mat'
 SPLITS_FILE = 'splits.mat'
 NORMALS_DIR = 'normals_gt'
 VAL_SPLIT_FILE = 'val_split.txt'
+# What the trainer checks before it starts (`rock_jax.preflight`): required manual files
+# and where to get them.
+MANUAL_FILES = (MAT_FILE, SPLITS_FILE)
+DOWNLOAD_URLS = (
+  'http://horatio.cs.nyu.edu/mit/silberman/nyu_depth_v2/nyu_depth_v2_labeled.mat',
+  'http://horatio.cs.nyu.edu/mit/silberman/indoor_seg_sup/splits.mat',
+  '(both linked from https://cs.nyu.edu/~fergus/datasets/nyu_depth_v2.html)',
+)
 
 # The 19 detection classes of Gupta et al. 2014 (alphabetical) and their NYU `names`
 # ids, for reference only: the builder looks the ids up in the file's `names`.
@@ -309,6 +317,14 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
         train, sequences, self.builder_config.val_size, self.builder_config.val_seed
       )
       self.info.metadata['val_split_source'] = f'seed {self.builder_config.val_seed}'
+    if not len(train) or not len(val):
+      # TFDS would stop later with "No examples were yielded" for the empty split.
+      raise files.DataError(
+        f'{mat_path}: config `paper` cuts a validation split of whole scenes out of the '
+        f'official train split, which leaves {len(train)} train and {len(val)} validation '
+        f'images here; both need at least one: use more images, a {VAL_SPLIT_FILE} naming '
+        f'fewer scenes, or the `official` config (--config.data.builder_config=official).'
+      )
     self.info.metadata['val_scenes'] = sorted(val_seqs)
     return {
       'train': self._generate_examples(indices=train, **kwargs),

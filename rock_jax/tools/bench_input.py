@@ -10,8 +10,8 @@ import time
 
 from absl import app, flags
 
-from configs import base
 from rock_jax import input_pipeline
+from rock_jax.configs import base
 from rock_jax.datasets import synthetic_rooms
 
 _DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/rock_jax_bench', 'TFDS data dir (cache).')

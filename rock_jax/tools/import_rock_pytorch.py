@@ -53,7 +53,7 @@ Entry = tuple[str, tuple[str, ...] | None, str | None]
 
 def default_config(state: Mapping[str, Any]) -> ml_collections.ConfigDict:
   """`configs/rock_pytorch.py`, or its `baseline` when the file has no ROCK block."""
-  from configs import rock_pytorch  # Tools may read configs; the package never does.
+  from rock_jax.configs import rock_pytorch  # noqa: PLC0415
 
   has_rock = any(key.startswith('auxiliary.') for key in state)
   return rock_pytorch.get_config(None if has_rock else 'baseline')

@@ -22,8 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from configs.base import get_base_config
 from rock_jax import boxes as box_lib
+from rock_jax.configs.base import get_base_config
 
 _NUM_BOXES = flags.DEFINE_integer('num_boxes', 20_000, 'Synthetic ground-truth boxes.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')

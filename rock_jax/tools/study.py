@@ -1,7 +1,7 @@
 """The Table-1 ablation on the synthetic rooms: variants x seeds, one CPU budget each.
 
   python -m rock_jax.tools.study [--steps=N] [--seeds=0,1,2] \
-      [--variants=baseline,flat_mtl,rock_no_fusion,rock] [--out=RESULTS.md] \
+      [--variants=baseline,flat_mtl,rock_no_fusion,rock] [--out=FILE] \
       [--root=workdir/study] [--smoke] [--data_dir=DIR] [--set=model.dtype=float32 ...]
 
 Every run is the real trainer in its own process,
@@ -9,9 +9,10 @@ Every run is the real trainer in its own process,
 --config.seed=S --config.train.num_steps=N --workdir=ROOT/stepsN/V/seedS`, with the
 same step budget (and so the same number of training images) for every variant. The
 learning-rate boundaries of the config scale with the budget (a boundary at 80 % of
-the config's steps stays at 80 %). Only the final evaluation runs (on the config's
-eval split, the synthetic test split). The study then reads each `DIR/results.json`
-and writes a markdown report: mean, standard deviation and min-max over seeds per
+the config's steps stays at 80 %). Only the final validation evaluation runs, then the
+test split once on that final checkpoint (the trainer's `results.json`). The study then
+reads each `DIR/results.json` and writes a markdown report (default `ROOT/RESULTS.md`;
+the committed `RESULTS.md` only with `--out=RESULTS.md`, and never with `--smoke`): mean, standard deviation and min-max over seeds per
 metric, per-class AP@0.5, the exact commands, and the paper's Table 1 beside it.
 
 A run whose workdir already holds a `results.json` of the requested step is reused,
@@ -34,7 +35,7 @@ from typing import Any
 
 from absl import app, flags
 
-from configs import synthetic
+from rock_jax.configs import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
@@ -66,7 +67,12 @@ RUN_INFO = 'study_run.json'  # Per-run sidecar: command and wall time.
 _STEPS = flags.DEFINE_integer('steps', None, 'Train steps per run (default: the config).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) per variant.')
 _VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Model variants, in table order.')
-_OUT = flags.DEFINE_string('out', 'RESULTS.md', 'The markdown report.')
+_OUT = flags.DEFINE_string(
+  'out',
+  None,
+  'The markdown report (default: ROOT/RESULTS.md). The committed RESULTS.md is written only '
+  'when named here, and never with --smoke.',
+)
 _ROOT = flags.DEFINE_string('root', 'workdir/study', 'Parent directory of the run workdirs.')
 _SMOKE = flags.DEFINE_bool('smoke', False, 'Use configs/synthetic.py:smoke (CI).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the TFDS one).')
@@ -78,7 +84,23 @@ _NICE = flags.DEFINE_integer('nice', 0, 'Run the trainings under `nice -n NICE` 
 
 def config_arg(smoke: bool) -> str:
   """The `--config` value of the runs."""
-  return 'configs/synthetic.py:smoke' if smoke else 'configs/synthetic.py'
+  # Short names of the packaged configs: the runs work from any directory and after a
+  # wheel install (`rock_jax.configs.resolve`).
+  return 'synthetic:smoke' if smoke else 'synthetic'
+
+
+def report_path(out: str | None, root: str, smoke: bool) -> str:
+  """Where the report goes: `out`, else `root/RESULTS.md`.
+
+  Raises:
+    app.UsageError: a smoke study aimed at the committed `RESULTS.md` (of the checkout
+      or of the current directory): smoke numbers must never replace the real table.
+  """
+  path = out or os.path.join(root, 'RESULTS.md')
+  committed = {os.path.realpath(os.path.join(d, 'RESULTS.md')) for d in (REPO, os.getcwd())}
+  if smoke and os.path.realpath(path) in committed:
+    raise app.UsageError(f'--smoke never writes {path} (the committed results): pass --out=FILE.')
+  return path
 
 
 def scaled_boundaries(boundaries: Sequence[int], config_steps: int, steps: int) -> tuple:
@@ -382,6 +404,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   smoke = _SMOKE.value
+  out = report_path(_OUT.value, _ROOT.value, smoke)
   config = synthetic.get_config('smoke' if smoke else None)
   config_steps = int(config.train.num_steps)
   steps = int(_STEPS.value or config_steps)
@@ -416,7 +439,7 @@ def main(argv: Sequence[str]) -> None:
     if results is None:
       print(f'[{index + 1}/{total}] {variant} seed {seed}: training {steps} steps', flush=True)
       start = time.time()
-      done = subprocess.run([*nice, sys.executable, *args], cwd=REPO, check=False)
+      done = subprocess.run([*nice, sys.executable, *args], check=False)
       seconds = time.time() - start
       if done.returncode != 0:
         raise SystemExit(f'Run failed ({done.returncode}): {shlex.join(args)}')
@@ -442,7 +465,7 @@ def main(argv: Sequence[str]) -> None:
 
   flags_used = [f'--steps={steps}', f'--seeds={",".join(map(str, seeds))}']
   flags_used.append(f'--variants={",".join(variants)}')
-  flags_used += [f'--root={_ROOT.value}', f'--out={_OUT.value}']
+  flags_used += [f'--root={_ROOT.value}', f'--out={out}']
   if smoke:
     flags_used.append('--smoke')
   if _DATA_DIR.value:
@@ -454,7 +477,7 @@ def main(argv: Sequence[str]) -> None:
     + (['--smoke'] if smoke else [])
   )
   write_report(
-    _OUT.value,
+    out,
     variants=variants,
     runs=runs,
     workdirs=workdirs,
@@ -468,7 +491,7 @@ def main(argv: Sequence[str]) -> None:
     example_command=example_command,
     seeds=seeds,
   )
-  print(f'Wrote {_OUT.value}', flush=True)
+  print(f'Wrote {out}', flush=True)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,7 @@ python -m rock_jax.main --config=configs/rock_pytorch.py --config.mode=eval \
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

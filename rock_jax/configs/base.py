@@ -41,6 +41,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.backbone.width = 64  # Stem width; 64 for the real ResNets, smaller for CPU tests.
   model.backbone.stage_sizes = ()  # Blocks per stage; () = the standard ones for `depth`.
   model.backbone.freeze_bn_stats = True  # Use running stats in training (reference).
+  # The paper starts from ImageNet weights: training refuses to start without
+  # `init_backbone` (a folder from `rock_jax.tools.import_weights`) while this or
+  # freeze_bn_stats is on; `--config.init_backbone=scratch` opts out (BN stats trained).
+  model.backbone.imagenet_init = True
   model.backbone.bn_momentum = 0.9  # Flax momentum (= PyTorch momentum 0.1).
 
   # Auxiliary tasks of the ROCK block, in order. Override e.g. `--config.model.tasks=depth`.
@@ -98,14 +102,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   loss.depth_c = 0.2  # Fraction of the batch max for 'berhu'; the threshold for the others.
   loss.min_depth = 0.1  # Metres: depth is clamped to [min_depth, max_depth] before the log.
   loss.max_depth = 10.0
-  loss.normals_offset = 0.0  # The reference adds 1.0 to keep the normals loss >= 0.
+  # The normals loss is offset - cos: 1.0 (the reference's) keeps it >= 0, like every
+  # other logged part, so that a total near 0 means good; 0.0 gives the plain -cos.
+  loss.normals_offset = 1.0
 
   # ----------------------------------------------------------------- data
   data = config.data = ml_collections.ConfigDict()
   data.name = 'nyuv2'  # TFDS builder: 'nyuv2', 'mlt', 'cityscapes' or 'synthetic_rooms'.
   data.builder_config = 'paper'  # nyuv2: 'paper' (673/122/654) or 'official' (795/654).
   data.train_split = 'train'
+  # Periodic evaluation and the choice of the best checkpoint (by mAP@0.5); '' = none
+  # (the final checkpoint is the one tested). Never the test split.
   data.eval_split = 'validation'
+  # Evaluated once, after training, on the checkpoint chosen on `eval_split` (or the
+  # final one); its results are `results.json`. '' = no test evaluation.
+  data.test_split = 'test'
   data.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir (gs:// ok).
   data.manual_dir = ml_collections.config_dict.placeholder(str)  # Original files, for builds.
   data.image_size = (480, 640)  # (H, W) the model sees.
@@ -159,7 +170,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   config.init_from = ml_collections.config_dict.placeholder(str)  # Orbax checkpoint dir.
   # Regexes of parameter paths that must not load from init_from (fresh init kept).
   config.init_exclude = ()
-  config.init_backbone = ml_collections.config_dict.placeholder(str)  # Imported ImageNet dir.
+  # Imported ImageNet backbone (`rock_jax.tools.import_weights --output`), or 'scratch'.
+  config.init_backbone = ml_collections.config_dict.placeholder(str)
   return config
 
 
@@ -168,6 +180,9 @@ def smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.model.backbone.depth = 18
   config.model.backbone.width = 8
   config.model.backbone.stage_sizes = (1, 1, 1, 1)
+  # No ImageNet weights exist for this tiny backbone: from scratch, BN statistics trained.
+  config.model.backbone.freeze_bn_stats = False
+  config.model.backbone.imagenet_init = False
   config.model.rock.trunk_width = 16
   config.model.task_specs.depth.width = 8
   config.model.task_specs.normals.width = 12

@@ -5,7 +5,7 @@ python -m rock_jax.main --config=configs/nyuv2_baseline.py --workdir=DIR
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -9,7 +9,7 @@ python -m rock_jax.main --config=configs/nyuv2_tasks.py:DN,smoke --workdir=DIR
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 TASKS = {'D': 'depth', 'N': 'normals', 'S': 'scene'}
 # Task order of the ROCK block (and of the base config).

@@ -11,7 +11,7 @@ python -m rock_jax.main --config=configs/cityscapes.py --workdir=DIR
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -22,7 +22,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config = base.get_base_config()
   config.data.name = 'cityscapes'
   config.data.builder_config = ''  # The builder has no configs.
+  # Cityscapes' test annotations are not public, so there is no test evaluation: like the
+  # paper's Table 7, results.json is the validation split, on the final checkpoint (the
+  # periodic validation evaluations are a learning curve; none is used to choose).
   config.data.eval_split = 'validation'
+  config.data.test_split = ''
   config.data.image_size = (512, 1024)
   config.model.num_classes = 8
   config.model.tasks = 'depth'  # Disparity, in the `depth` field of the examples.

@@ -29,7 +29,7 @@ python -m rock_jax.main --config=configs/synthetic.py:smoke --workdir=/tmp/rock_
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 # rock_jax.datasets.rooms_render: 11 object classes, 5 scene types.
 NUM_CLASSES = 11
@@ -45,7 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   data = config.data
   data.name = 'synthetic_rooms'
   data.builder_config = 'cpu'
-  data.eval_split = 'test'
+  # Learning curve and best checkpoint on validation (250 images); the test split (500)
+  # is evaluated once, at the end, on the checkpoint chosen there (base config).
+  data.eval_split = 'validation'
   data.image_size = (144, 192)  # Rendered at 192x256, resized by the input pipeline.
   data.shuffle_buffer = 500
 
@@ -57,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.backbone.depth = 18
   model.backbone.width = 32  # Stages of 32, 64, 128, 256 channels.
   model.backbone.freeze_bn_stats = False  # Trained from scratch: BN statistics must learn.
+  model.backbone.imagenet_init = False  # No ImageNet weights for this narrow ResNet-18.
   model.rock.trunk_width = 64  # 256 / 4, as 2048 / 4 in the paper.
   # conv5 9x12 -> 5x6 -> 3x3 -> 2x2 -> 1x1: five maps, 6, 6, 6, 4, 4 boxes per location.
   model.ssd.extra_layers = ((64, 128), (64, 128), (32, 64), (32, 64))
@@ -69,7 +72,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   train.learning_rate = 1e-3
   train.lr_boundaries = (1200, 1450)  # 1e-3, then 1e-4, then 1e-5.
   train.log_every = 50
-  train.eval_every = 400  # On the test split (data.eval_split): the learning curve.
+  train.eval_every = 400  # On the validation split (data.eval_split): the learning curve.
   train.checkpoint_every = 400
   config.eval.batch_size = 50
   config.eval.num_panels = 4

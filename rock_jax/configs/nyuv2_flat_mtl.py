@@ -9,7 +9,7 @@ python -m rock_jax.main --config=configs/nyuv2_flat_mtl.py:DS --workdir=DIR
 
 import ml_collections
 
-from configs import nyuv2_tasks
+from rock_jax.configs import nyuv2_tasks
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -8,7 +8,7 @@ python -m rock_jax.main --config=configs/nyuv2_no_aux_sup.py --workdir=DIR
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@ python -m rock_jax.main --config=configs/nyuv2.py:smoke --workdir=DIR  # seconds
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:

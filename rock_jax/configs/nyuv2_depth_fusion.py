@@ -6,7 +6,7 @@ python -m rock_jax.main --config=configs/nyuv2_depth_fusion.py:product --workdir
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 FUSIONS = ('add', 'product')
 

@@ -9,7 +9,7 @@ python -m rock_jax.main --config=configs/mlt_pretrain.py --workdir=DIR
 
 import ml_collections
 
-from configs import base
+from rock_jax.configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -24,8 +24,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # NYU-40. With a custom 23-class builder config, set both fields below to match.
   config.data.builder_config = 'nyu40_17'
   config.model.num_classes = 17
-  # MLT has a single split: evaluation only monitors training, on its first batches.
+  # MLT has a single split (no validation, no test): the periodic evaluation only
+  # monitors training, on the first 100 batches of `train`, and chooses nothing. Fine-
+  # tuning (`nyuv2_finetune.py`) starts from the final checkpoint; the choice of model
+  # is made later, on NYUv2. No test evaluation.
   config.data.eval_split = 'train'
+  config.data.test_split = ''
   config.eval.max_batches = 100
   config.model.tasks = 'depth,normals'  # No scene annotation in MLT.
   config.train.num_steps = 320_000
