@@ -10,22 +10,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import nyuv2
-from rock_jax import checkpoints, detect, panels, train
+from configs import nyuv2, synthetic
+from rock_jax import checkpoints, detect, eval_loop, input_pipeline, panels, train
 from rock_jax.models import detector
 
 TASK_KINDS = {'scene': 'image_class', 'depth': 'dense_scalar', 'normals': 'dense_vector'}
 
 
-def save_smoke_checkpoint(workdir, variant: str = 'rock') -> None:
-  """Saves a freshly initialised smoke model the way the trainer does."""
-  config = nyuv2.get_config('smoke')
+def save_smoke_checkpoint(workdir, variant: str = 'rock', config=None, steps=None) -> None:
+  """Saves a freshly initialised smoke model the way the trainer does.
+
+  `steps` maps step -> validation metrics (None: none) to save several checkpoints.
+  """
+  config = nyuv2.get_config('smoke') if config is None else config
   config.model.variant = variant
   model = detector.build_model(config)
   # Jitted as in the trainer: an eager init runs op by op and takes far longer.
   state = jax.jit(functools.partial(train.create_train_state, config, model))(jax.random.key(0))
   manager = checkpoints.create_manager(checkpoints.checkpoint_dir(workdir), async_save=False)
-  checkpoints.save(manager, 3, state, config)
+  for step, metrics in (steps or {3: None}).items():
+    checkpoints.save(manager, step, state, config, metrics=metrics)
   manager.wait_until_finished()
   manager.close()
 
@@ -209,3 +213,84 @@ def test_detect_cli_one_line_error(tmp_path, image_dir):
   assert result.returncode == 1
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert errors == [f'error: no checkpoint found at {tmp_path / "none"}']
+
+
+@pytest.mark.slow
+def test_detect_matches_the_eval_pipeline(tmp_path, monkeypatch):
+  """The same images through detect and through the eval pipeline: same inputs, same boxes."""
+  import tensorflow_datasets as tfds
+
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.eval.batch_size = 4  # The 4 test images in one batch, as detect's batch below.
+  workdir = tmp_path / 'run'
+  save_smoke_checkpoint(workdir, config=config.copy_and_resolve_references())
+  builder = input_pipeline.get_builder('synthetic_rooms', 'tiny', data_dir=config.data.data_dir)
+  examples = list(tfds.as_numpy(builder.as_dataset(split='test', shuffle_files=False)))
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  for k, ex in enumerate(examples):  # PNG: lossless, the same pixels come back.
+    Image.fromarray(ex['image']).save(folder / f'{k:02d}.png')
+
+  # Model inputs: the eval pipeline's batch and detect's preprocessing, bit for bit.
+  [batch] = list(
+    input_pipeline.create_eval_dataset(
+      config, 'test', process_index=0, process_count=1
+    ).as_numpy_iterator()
+  )
+  size = tuple(config.data.image_size)
+  for k, ex in enumerate(examples):
+    image = detect.read_image(folder / f'{k:02d}.png')
+    np.testing.assert_array_equal(image, ex['image'])
+    np.testing.assert_array_equal(detect.preprocess(image, size), batch['image'][k])
+
+  # Detections: the evaluator's COCO results and detect's detections.json.
+  evaluators = []
+
+  class Recording(eval_loop.evaluate.CocoEvaluator):
+    def __init__(self, *args, **kwargs):
+      super().__init__(*args, **kwargs)
+      evaluators.append(self)
+
+  monkeypatch.setattr(eval_loop.evaluate, 'CocoEvaluator', Recording)
+  mesh = train.create_mesh(config.eval.batch_size)
+  model = detector.build_model(config)
+  with jax.set_mesh(mesh):
+    evaluator = eval_loop.Evaluator(config, model, mesh)
+    evaluator.run(checkpoints.load_variables(workdir), 'test', step=3)
+  detect.run(workdir, folder, tmp_path / 'out', batch_size=4, write_panels=False)
+  from_detect = json.loads((tmp_path / 'out' / 'detections.json').read_text())
+  ids = {int(ex['image_id']): k + 1 for k, ex in enumerate(examples)}  # detect: by file order.
+  from_eval = [{**d, 'image_id': ids[d['image_id']]} for d in evaluators[0].detections_json()]
+  key = lambda d: (d['image_id'], -d['score'], d['category_id'])
+  from_eval, from_detect = sorted(from_eval, key=key), sorted(from_detect, key=key)
+  assert len(from_eval) == len(from_detect) > 0
+  assert [(d['image_id'], d['category_id']) for d in from_detect] == [
+    (d['image_id'], d['category_id']) for d in from_eval
+  ]
+  # One device (detect) vs the eval mesh's 4: the same math, up to float reassociation.
+  np.testing.assert_allclose(
+    [d['bbox'] for d in from_detect], [d['bbox'] for d in from_eval], rtol=1e-5, atol=1e-4
+  )
+  np.testing.assert_allclose(
+    [d['score'] for d in from_detect], [d['score'] for d in from_eval], rtol=1e-5, atol=1e-6
+  )
+
+
+def test_detect_takes_the_best_checkpoint_and_a_file_or_glob(tmp_path, image_dir, monkeypatch):
+  workdir = tmp_path / 'run'
+  steps = {2: {'mAP@0.5': 0.4}, 4: {'mAP@0.5': 0.1}, 5: None}  # Best 2, latest 5.
+  save_smoke_checkpoint(workdir, steps=steps)
+  save_smoke_checkpoint(tmp_path / 'plain')  # No validation metrics: the latest step.
+  monkeypatch.chdir(tmp_path)  # Relative --checkpoint and --out.
+  assert (detect.load_model('run').step, detect.load_model('run').kind) == (2, 'best')
+  assert detect.load_model('run', latest=True).step == 5
+  assert detect.load_model('run/checkpoints/4').kind == 'given'
+  assert detect.load_model('plain').kind == 'latest'
+  assert detect.list_images(image_dir / 'a.jpg') == [image_dir / 'a.jpg']
+  assert detect.list_images(str(image_dir / '*.png')) == [image_dir / 'b.png', image_dir / 'c.png']
+  with pytest.raises(detect.DetectError, match=r'no images .* match'):
+    detect.list_images(str(image_dir / '*.gif'))
+  summary = detect.run('run', image_dir / 'a.jpg', 'out', write_panels=False)
+  assert (summary['step'], summary['checkpoint_kind'], summary['num_images']) == (2, 'best', 1)
+  assert json.loads((tmp_path / 'out' / 'images.json').read_text())['images'][0]['id'] == 1
