@@ -21,6 +21,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rock_jax.models import layers
+
 # The reference SSD initialises extras and predictors with Xavier (Glorot) uniform.
 head_init = nn.initializers.xavier_uniform()
 
@@ -69,6 +71,7 @@ class SSDHead(nn.Module):
     extras_bn: BatchNorm (and no conv bias) in the extra layers.
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   num_classes: int
@@ -78,10 +81,11 @@ class SSDHead(nn.Module):
   extras_bn: bool = True
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   def _conv_bn_relu(self, x, features, kernel, stride, name, train):
     pad = (kernel - 1) // 2
-    x = nn.Conv(
+    x = layers.Conv(
       features,
       (kernel, kernel),
       strides=stride,
@@ -90,6 +94,7 @@ class SSDHead(nn.Module):
       kernel_init=head_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_1x1=self.conv_1x1,
       name=f'{name}_conv',
     )(x)
     if self.extras_bn:
