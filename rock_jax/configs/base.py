@@ -33,6 +33,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.variant = 'rock'
   model.num_classes = 19  # Foreground classes; logits have num_classes + 1 (0 = background).
   model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
+  # 1x1 convs as 'conv' (lax.conv) or 'dot' (matrix multiply, same parameters and result);
+  # 'auto' = 'dot' on a CPU (XLA:CPU conv gradients are slow), 'conv' on GPU and TPU.
+  model.conv_1x1 = 'auto'
 
   model.backbone = ml_collections.ConfigDict()
   model.backbone.depth = 50  # 18, 34, 50 or 101.

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
-from rock_jax.models import resnet, rock, ssd
+from rock_jax.models import layers, resnet, rock, ssd
 
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -52,11 +52,14 @@ class Detector(nn.Module):
       raise ValueError(f'config.model.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}.')
     dtype = DTYPES[config.dtype]
     tasks = rock.parse_tasks(config)
+    # Configs saved before the option existed compute 1x1 convs the default way.
+    conv_1x1 = config.get('conv_1x1', 'auto')
+    layers.use_dot(conv_1x1)  # Validates the option.
 
-    x = resnet.from_config(config.backbone, dtype)(images, train=train)
+    x = resnet.from_config(config.backbone, dtype, conv_1x1)(images, train=train)
     aux = {}
     if config.variant == 'flat_mtl':
-      _, aux = rock.FlatMTL(tasks, dtype=dtype, name='flat_mtl')(x, train=train)
+      _, aux = rock.FlatMTL(tasks, dtype=dtype, conv_1x1=conv_1x1, name='flat_mtl')(x, train=train)
     elif config.variant in ('rock', 'rock_no_fusion'):
       block = rock.ROCK(
         tasks,
@@ -67,6 +70,7 @@ class Detector(nn.Module):
         conv_bias=config.rock.get('conv_bias', False),
         bn_momentum=config.backbone.bn_momentum,
         dtype=dtype,
+        conv_1x1=conv_1x1,
         name='rock',
       )
       x, aux = block(x, train=train)
@@ -83,6 +87,7 @@ class Detector(nn.Module):
       extras_conv_bias=config.ssd.get('extras_conv_bias', False),
       bn_momentum=config.backbone.bn_momentum,
       dtype=dtype,
+      conv_1x1=conv_1x1,
       name='ssd',
     )(x, train=train)
     aux = {name: value.astype(jnp.float32) for name, value in aux.items()} if with_aux else {}

@@ -23,6 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rock_jax.models import layers
+
 # Blocks per stage of the standard ResNets, and whether they use bottleneck blocks.
 STAGE_SIZES = {
   18: ((2, 2, 2, 2), False),
@@ -74,6 +76,7 @@ class Block(nn.Module):
     use_running_average: BatchNorm uses its running statistics.
     bn_momentum: Flax BatchNorm momentum (0.9 = PyTorch 0.1).
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   width: int
@@ -85,10 +88,11 @@ class Block(nn.Module):
   use_running_average: bool = True
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   def _conv(self, x, features, kernel, stride, dilation, name):
     pad = dilation * (kernel - 1) // 2
-    return nn.Conv(
+    return layers.Conv(
       features,
       (kernel, kernel),
       strides=stride,
@@ -98,6 +102,7 @@ class Block(nn.Module):
       kernel_init=conv_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_1x1=self.conv_1x1,
       name=name,
     )(x)
 
@@ -143,6 +148,7 @@ class ResNet(nn.Module):
       still train), as the reference does.
     bn_momentum: Flax BatchNorm momentum (0.9 = PyTorch momentum 0.1).
     dtype: Compute dtype; parameters stay float32.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   depth: int = 50
@@ -153,6 +159,7 @@ class ResNet(nn.Module):
   freeze_bn_stats: bool = True
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
@@ -212,18 +219,20 @@ class ResNet(nn.Module):
           use_running_average=use_running_average,
           bn_momentum=self.bn_momentum,
           dtype=self.dtype,
+          conv_1x1=self.conv_1x1,
           name=f'stage{stage + 1}_block{index + 1}',
         )(x)
       previous_dilation = dilation
     return x
 
 
-def from_config(backbone_config: Any, dtype: Any = jnp.float32) -> ResNet:
+def from_config(backbone_config: Any, dtype: Any = jnp.float32, conv_1x1: str = 'auto') -> ResNet:
   """Builds the backbone from `config.model.backbone`.
 
   Args:
     backbone_config: The `model.backbone` ConfigDict.
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed (`config.model.conv_1x1`).
 
   Returns:
     An unbound `ResNet` named 'backbone'.
@@ -237,5 +246,6 @@ def from_config(backbone_config: Any, dtype: Any = jnp.float32) -> ResNet:
     freeze_bn_stats=backbone_config.freeze_bn_stats,
     bn_momentum=backbone_config.bn_momentum,
     dtype=dtype,
+    conv_1x1=conv_1x1,
     name='backbone',
   )

@@ -24,6 +24,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rock_jax.models import layers
+
 TASK_KINDS = ('image_class', 'dense_scalar', 'dense_vector')
 FUSIONS = ('add', 'product', 'none')
 
@@ -99,17 +101,19 @@ class _Dense(nn.Module):
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
   conv_bias: bool = False
+  conv_1x1: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
     pad = (self.kernel - 1) // 2
-    x = nn.Conv(
+    x = layers.Conv(
       self.features,
       (self.kernel, self.kernel),
       padding=((pad, pad), (pad, pad)),
       use_bias=self.conv_bias,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_1x1=self.conv_1x1,
       name='conv',
     )(x)
     x = nn.BatchNorm(
@@ -136,6 +140,7 @@ class ROCK(nn.Module):
       the function in training mode; in eval mode they shift the running means).
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   tasks: tuple[TaskSpec, ...]
@@ -146,6 +151,7 @@ class ROCK(nn.Module):
   conv_bias: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
@@ -164,7 +170,13 @@ class ROCK(nn.Module):
       raise ValueError('ROCK needs at least one auxiliary task (config.model.tasks).')
     x = x.astype(self.dtype)
     dense = lambda features, kernel, name: _Dense(
-      features, kernel, self.bn_momentum, self.dtype, self.conv_bias, name=name
+      features,
+      kernel,
+      self.bn_momentum,
+      self.dtype,
+      conv_bias=self.conv_bias,
+      conv_1x1=self.conv_1x1,
+      name=name,
     )
     trunk = dense(self.trunk_width, 1, 'trunk1')(x, train=train)
     trunk = dense(self.trunk_width, 3, 'trunk2')(trunk, train=train)
@@ -177,8 +189,13 @@ class ROCK(nn.Module):
         y = dense(self.trunk_width // 2, 3, f'{task.name}_extra2')(y, train=train)
         y = dense(self.trunk_width, 1, f'{task.name}_extra3')(y, train=train)
       # Linear task conv: its maps are what the pooling predictor reads.
-      encoding = nn.Conv(
-        task.width, (1, 1), dtype=self.dtype, param_dtype=jnp.float32, name=f'{task.name}_enc'
+      encoding = layers.Conv(
+        task.width,
+        (1, 1),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        conv_1x1=self.conv_1x1,
+        name=f'{task.name}_enc',
       )(y)
       aux.update(pool(task, encoding))
       if self.fusion != 'none':
@@ -211,10 +228,12 @@ class FlatMTL(nn.Module):
   Attributes:
     tasks: Auxiliary tasks, in order.
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   tasks: tuple[TaskSpec, ...]
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   @nn.compact
   def __call__(self, x: jnp.ndarray, *, train: bool) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
@@ -231,11 +250,12 @@ class FlatMTL(nn.Module):
     aux = {}
     for task in self.tasks:
       width = {'image_class': task.width, 'dense_scalar': 1, 'dense_vector': task.components}
-      maps = nn.Conv(
+      maps = layers.Conv(
         width[task.kind],
         (1, 1),
         dtype=self.dtype,
         param_dtype=jnp.float32,
+        conv_1x1=self.conv_1x1,
         name=f'{task.name}_head',
       )(x.astype(self.dtype))
       # With one map per output, the pooling predictor is the identity for dense tasks.

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from rock_jax import boxes as box_lib
+from rock_jax.models import layers
 
 # The reference SSD initialises extras and predictors with Xavier (Glorot) uniform.
 head_init = nn.initializers.xavier_uniform()
@@ -75,6 +76,7 @@ class SSDHead(nn.Module):
     extras_conv_bias: Conv biases in the extra layers even before a BatchNorm.
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
   num_classes: int
@@ -85,9 +87,10 @@ class SSDHead(nn.Module):
   extras_conv_bias: bool = False
   bn_momentum: float = 0.9
   dtype: Any = jnp.float32
+  conv_1x1: str = 'auto'
 
   def _conv_bn_relu(self, x, features, kernel, stride, padding, name, train):
-    x = nn.Conv(
+    x = layers.Conv(
       features,
       kernel,
       strides=stride,
@@ -96,6 +99,7 @@ class SSDHead(nn.Module):
       kernel_init=head_init,
       dtype=self.dtype,
       param_dtype=jnp.float32,
+      conv_1x1=self.conv_1x1,
       name=f'{name}_conv',
     )(x)
     if self.extras_bn:

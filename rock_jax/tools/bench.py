@@ -1,7 +1,8 @@
 """Complexity and speed of the detection baseline and ROCK, side by side (paper Table 4).
 
   python -m rock_jax.tools.bench --config=configs/nyuv2.py [--out=FILE] \
-      [--image_size=480,640] [--batch=8] [--iters=10] [--dtypes=float32,bfloat16]
+      [--image_size=480,640] [--batch=8] [--iters=10] [--dtypes=float32,bfloat16] \
+      [--conv_1x1=conv,auto]
 
 For each variant (`baseline`, then `rock`, built from the same config) and each
 compute dtype, in one process on one machine:
@@ -11,7 +12,10 @@ compute dtype, in one process on one machine:
   no NMS) in ms/image at batch 1 and images/s at `--batch`;
 - training: images/s of the trainer's real `train_step` (forward, multi-task
   loss, backward, Adam update) at `--batch`, on synthetic targets;
-and the ROCK / baseline ratios (paper: +17 % parameters, +7 % time). Timings are
+and the ROCK / baseline ratios (paper: +17 % parameters, +7 % time). With several
+`--conv_1x1` modes (`config.model.conv_1x1`: how 1x1 convs are computed, issue #18),
+each variant is also measured with each mode, one after the other, and a ratio row
+compares every mode with the first one (the old path, 'conv'). Timings are
 the median of `--iters` calls after `--warmup` calls (the first one compiles).
 The markdown table is printed and, with `--out`, written to a file. On a GPU the
 default dtypes are float32 and bfloat16; elsewhere float32 only.
@@ -35,7 +39,7 @@ from jax.sharding import PartitionSpec as P
 
 from rock_jax import boxes as box_lib
 from rock_jax import train
-from rock_jax.models import detector, rock
+from rock_jax.models import detector, layers, rock
 from rock_jax.tools import summary
 
 VARIANTS = ('baseline', 'rock')
@@ -53,6 +57,7 @@ class Measurement:
     infer_ms: inference milliseconds per image at batch 1.
     infer_ips: inference images/s at the large batch.
     train_ips: training images/s at the large batch (None when skipped).
+    conv_1x1: how 1x1 convs were computed ('conv' or 'dot'; 'auto' resolved).
   """
 
   variant: str
@@ -62,6 +67,7 @@ class Measurement:
   infer_ms: float
   infer_ips: float
   train_ips: float | None
+  conv_1x1: str = 'conv'
 
 
 def variant_config(
@@ -70,11 +76,14 @@ def variant_config(
   *,
   image_size: Sequence[int] | None = None,
   dtype: str = 'float32',
+  conv_1x1: str | None = None,
 ) -> ml_collections.ConfigDict:
-  """Returns a copy of `config` for one variant, image size and compute dtype."""
+  """Returns a copy of `config` for one variant, image size, compute dtype and 1x1 mode."""
   config = ml_collections.ConfigDict(config.to_dict())
   config.model.variant = variant
   config.model.dtype = dtype
+  if conv_1x1 is not None:
+    config.model.conv_1x1 = conv_1x1
   if image_size is not None:
     config.data.image_size = tuple(int(s) for s in image_size)
   return config
@@ -165,35 +174,58 @@ def synthetic_train_batch(
   return {k: data[k] for k in keys}
 
 
-def train_seconds(
-  config: ml_collections.ConfigDict, batch: int, *, iters: int, warmup: int
-) -> float:
-  """Median seconds of one real `train.train_step` on a global batch of `batch`."""
+def build_train_step(
+  config: ml_collections.ConfigDict,
+  batch: int,
+  *,
+  loss_fn: Callable[..., Any] | None = None,
+) -> tuple[Callable[..., Any], Any, dict[str, jax.Array], jax.Array, jax.sharding.Mesh]:
+  """The trainer's jitted `train_step` (state donated), a fresh state and a batch.
+
+  Args:
+    config: the variant's config.
+    batch: global batch size.
+    loss_fn: replaces `losses.multi_loss` (e.g. wrapped in a named scope for a profile).
+
+  Returns:
+    `(step_fn, state, data, rng, mesh)`; call `step_fn(state, data, rng)` under
+    `jax.set_mesh(mesh)`.
+  """
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.batch_size = batch
   mesh = train.create_mesh(batch)
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P('data'))
   model = detector.build_model(config)
+  extra = {} if loss_fn is None else {'loss_fn': loss_fn}
   with jax.set_mesh(mesh):
     init_fn = jax.jit(
       functools.partial(train.create_train_state, config, model), out_shardings=replicated
     )
     state = init_fn(jax.random.key(0))
     step_fn = jax.jit(
-      functools.partial(train.train_step, model=model, config=config),
+      functools.partial(train.train_step, model=model, config=config, **extra),
       in_shardings=(replicated, data_sharding, replicated),
       out_shardings=(replicated, replicated),
       donate_argnums=(0,),
     )
     data = train.shard_batch(synthetic_train_batch(config, batch), data_sharding)
     rng = jax.device_put(jax.random.key(1), replicated)
+  return step_fn, state, data, rng, mesh
 
-    def run():
-      nonlocal state
-      state, metrics = step_fn(state, data, rng)
-      jax.block_until_ready(metrics['loss'])
 
+def train_seconds(
+  config: ml_collections.ConfigDict, batch: int, *, iters: int, warmup: int
+) -> float:
+  """Median seconds of one real `train.train_step` on a global batch of `batch`."""
+  step_fn, state, data, rng, mesh = build_train_step(config, batch)
+
+  def run():
+    nonlocal state
+    state, metrics = step_fn(state, data, rng)
+    jax.block_until_ready(metrics['loss'])
+
+  with jax.set_mesh(mesh):
     return median_seconds(run, iters=iters, warmup=warmup)
 
 
@@ -231,7 +263,13 @@ def measure(
     infer_ms=infer[1] * 1e3,
     infer_ips=batch / infer[batch],
     train_ips=None if train_n is None else batch / train_n,
+    conv_1x1=conv_1x1_name(config),
   )
+
+
+def conv_1x1_name(config: ml_collections.ConfigDict) -> str:
+  """'conv' or 'dot': how the config's model computes 1x1 convs on this backend."""
+  return 'dot' if layers.use_dot(config.model.get('conv_1x1', 'auto')) else 'conv'
 
 
 def benchmark(
@@ -244,8 +282,9 @@ def benchmark(
   dtypes: Sequence[str] = ('float32',),
   variants: Sequence[str] = VARIANTS,
   with_train: bool = True,
+  conv_1x1_modes: Sequence[str | None] = (None,),
 ) -> list[Measurement]:
-  """Measures every variant at every dtype (variants adjacent within a dtype).
+  """Measures every variant at every dtype and 1x1 mode (modes adjacent in a variant).
 
   Args:
     config: the experiment config; each variant is derived from it.
@@ -256,9 +295,11 @@ def benchmark(
     dtypes: compute dtypes.
     variants: `config.model.variant` values, e.g. ('baseline', 'rock').
     with_train: also time the train step.
+    conv_1x1_modes: `config.model.conv_1x1` values (None: the config's), measured one
+      after the other for each variant so that their ratio compares like with like.
 
   Returns:
-    One measurement per (dtype, variant).
+    One measurement per (dtype, variant, mode).
   """
   # Parameters and FLOPs per image (summary.py: eval_shape + XLA cost analysis of one
   # image), once per variant.
@@ -267,7 +308,7 @@ def benchmark(
   }
   return [
     measure(
-      variant_config(config, variant, image_size=image_size, dtype=dtype),
+      variant_config(config, variant, image_size=image_size, dtype=dtype, conv_1x1=mode),
       batch=batch,
       iters=iters,
       warmup=warmup,
@@ -276,6 +317,7 @@ def benchmark(
     )
     for dtype in dtypes
     for variant in variants
+    for mode in conv_1x1_modes
   ]
 
 
@@ -291,29 +333,41 @@ def markdown_table(measurements: Sequence[Measurement], *, batch: int, header: s
   """Formats the measurements, with ROCK / baseline ratio rows per dtype.
 
   Time ratios are ratios of time per image (for throughputs, baseline / ROCK), so
-  every ratio reads like the paper's: > 1 means ROCK costs more.
+  every ratio reads like the paper's: > 1 means ROCK costs more. With several 1x1
+  modes, a row `<mode> / <first mode>` follows each later mode of a variant (< 1 means
+  the later mode is faster), and ROCK is compared with the baseline of the same mode.
   """
   lines = [header, ''] if header else []
   lines += [
-    f'| Model | dtype | Params | GFLOPs/image | Inference ms/image (batch 1) '
+    f'| Model | dtype | 1x1 convs | Params | GFLOPs/image | Inference ms/image (batch 1) '
     f'| Inference images/s (batch {batch}) | Training images/s (batch {batch}) |',
-    '|---|---|---:|---:|---:|---:|---:|',
+    '|---|---|---|---:|---:|---:|---:|---:|',
   ]
-  by_key = {(m.variant, m.dtype): m for m in measurements}
+  by_key = {(m.variant, m.dtype, m.conv_1x1): m for m in measurements}
+  first_mode = {}
+  for m in measurements:
+    first_mode.setdefault((m.variant, m.dtype), m)
+
+  def ratio_row(name, m, ref):
+    return (
+      f'| **{name}** | {m.dtype} | {m.conv_1x1} | {_ratio(m.params, ref.params)} '
+      f'| {_ratio(m.flops, ref.flops)} | {_ratio(m.infer_ms, ref.infer_ms)} '
+      f'| {_ratio(m.infer_ips, ref.infer_ips, inverse=True)} '
+      f'| {_ratio(m.train_ips, ref.train_ips, inverse=True)} |'
+    )
+
   for m in measurements:
     train_ips = 'n/a' if m.train_ips is None else f'{m.train_ips:.2f}'
     lines.append(
-      f'| {m.variant} | {m.dtype} | {m.params / 1e6:.3f}M | {m.flops / 1e9:.4g} '
-      f'| {m.infer_ms:.1f} | {m.infer_ips:.2f} | {train_ips} |'
+      f'| {m.variant} | {m.dtype} | {m.conv_1x1} | {m.params / 1e6:.3f}M '
+      f'| {m.flops / 1e9:.4g} | {m.infer_ms:.1f} | {m.infer_ips:.2f} | {train_ips} |'
     )
-    base = by_key.get(('baseline', m.dtype))
+    first = first_mode[(m.variant, m.dtype)]
+    if first is not m:
+      lines.append(ratio_row(f'{m.variant}: {m.conv_1x1} / {first.conv_1x1}', m, first))
+    base = by_key.get(('baseline', m.dtype, m.conv_1x1))
     if m.variant == 'rock' and base is not None:
-      lines.append(
-        f'| **ROCK / baseline** | {m.dtype} | {_ratio(m.params, base.params)} '
-        f'| {_ratio(m.flops, base.flops)} | {_ratio(m.infer_ms, base.infer_ms)} '
-        f'| {_ratio(m.infer_ips, base.infer_ips, inverse=True)} '
-        f'| {_ratio(m.train_ips, base.train_ips, inverse=True)} |'
-      )
+      lines.append(ratio_row('ROCK / baseline', m, base))
   lines.append('')
   lines.append(
     'Paper (Table 4, ResNet-50, 480x640): 27.8M -> 32.6M parameters (+17 %), '
@@ -364,6 +418,12 @@ def _cli() -> None:
   flags.DEFINE_list('dtypes', None, 'Compute dtypes (default: float32, + bfloat16 on GPU).')
   flags.DEFINE_list('variants', list(VARIANTS), 'Model variants to compare.')
   flags.DEFINE_bool('train', True, 'Also measure the training step.')
+  flags.DEFINE_list(
+    'conv_1x1',
+    None,
+    "config.model.conv_1x1 modes to compare, the old path first (e.g. 'conv,auto'); "
+    'default: the config value only.',
+  )
   flags.mark_flags_as_required(['config'])
   values = flags.FLAGS
 
@@ -381,6 +441,7 @@ def _cli() -> None:
       dtypes=tuple(values.dtypes or default_dtypes()),
       variants=tuple(values.variants),
       with_train=values.train,
+      conv_1x1_modes=tuple(values.conv_1x1 or (None,)),
     )
     height, width = image_size or config.data.image_size
     backbone = config.model.backbone
