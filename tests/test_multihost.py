@@ -30,7 +30,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from configs import synthetic
-from launch import common, local
+from launch import common, gpu, local, tpu_pod
 from rock_jax import checkpoints, detect, input_pipeline
 from rock_jax.datasets import synthetic_rooms
 
@@ -147,6 +147,25 @@ def test_local_plan_and_pod_commands_share_one_builder():
     local.build_parser().parse_args([f'--config={CONFIG}', '--workdir=w', '--hosts=1'])
   )
   assert 'JAX_COORDINATOR_ADDRESS' not in one[0][1]
+  # The pod and GPU launchers run the very command builder the local runs exercise.
+  pod = tpu_pod.build_parser().parse_args(
+    ['train', '--tpu=t', '--zone=z', '--accelerator_type=v4-32', '--bucket=gs://b']
+    + [f'--config={CONFIG}', '--heartbeat_timeout=7', '--foreground']
+  )
+  remote, schedule, _ = tpu_pod.train_plan(pod)
+  overrides = {'data.data_dir': 'gs://b/tensorflow_datasets', 'model.dtype': 'bfloat16'}
+  pod_command = common.main_command(
+    '.venv/bin/python',
+    CONFIG,
+    'gs://b/rock_jax/t/synthetic_smoke',
+    {**overrides, **schedule.overrides()},
+    heartbeat_timeout=7,
+  )
+  assert remote == f'cd ~/rock_jax && {common.shell_join(pod_command)}'
+  gpu_args = gpu.build_parser().parse_args([f'--config={CONFIG}', '--workdir=w', '--gpus=0,1'])
+  (gpu_command,), gpu_env = gpu.build_plan(gpu_args)
+  assert gpu_command == common.main_command('.venv/bin/python', CONFIG, 'w', {})
+  assert gpu_env == {'CUDA_VISIBLE_DEVICES': '0,1'}
   bad = local.build_parser().parse_args([f'--config={CONFIG}', '--workdir=w', '--hosts=3'])
   with pytest.raises(common.LaunchError, match='does not split over 3 devices'):
     local.build_plan(bad)
