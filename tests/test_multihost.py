@@ -20,6 +20,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import cached_env
@@ -31,7 +32,7 @@ from PIL import Image
 
 from configs import synthetic
 from launch import common, gpu, local, tpu_pod
-from rock_jax import checkpoints, detect, input_pipeline
+from rock_jax import checkpoints, detect, input_pipeline, main
 from rock_jax.datasets import synthetic_rooms
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,6 +170,22 @@ def test_local_plan_and_pod_commands_share_one_builder():
   bad = local.build_parser().parse_args([f'--config={CONFIG}', '--workdir=w', '--hosts=3'])
   with pytest.raises(common.LaunchError, match='does not split over 3 devices'):
     local.build_plan(bad)
+
+
+def test_distributed_args_from_the_environment():
+  assert main.distributed_args({}) == {}
+  environ = {'JAX_NUM_PROCESSES': '2', 'JAX_PROCESS_ID': '1', 'JAX_COORDINATOR_ADDRESS': 'a:1'}
+  assert main.distributed_args(environ) == {'num_processes': 2, 'process_id': 1}
+
+
+def test_launcher_stops_the_other_hosts_after_a_failure(capsys):
+  failing = subprocess.Popen([sys.executable, '-c', 'raise SystemExit(3)'])
+  hanging = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])
+  started = time.monotonic()
+  assert local.wait([failing, hanging], grace_s=1.0) == 3
+  assert hanging.returncode == -signal.SIGKILL and time.monotonic() - started < 60
+  err = capsys.readouterr().err
+  assert 'host 0 failed with exit status 3' in err and 'host 1 still running' in err
 
 
 # ------------------------------------------------------------------ real runs (slow)
