@@ -41,7 +41,8 @@ NUM_STEPS = 8
 HEARTBEAT_S = 10  # rock_jax.main --heartbeat_timeout in the kill test.
 # Largest difference allowed between the final parameters of 1 and 2 processes.
 ATOL = 1e-5
-ABSL_INFO = re.compile(r'^I\d{4} ', re.MULTILINE)
+# An absl INFO line from Python (`I1204 03:17:30.497599 1401 main.py:96] ...`).
+ABSL_INFO = re.compile(r'^I\d{4} [\d:.]+ +\d+ \w+\.py:\d+\]', re.MULTILINE)
 
 
 @pytest.fixture(scope='module')
