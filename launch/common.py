@@ -152,6 +152,36 @@ def config_flags(overrides: Mapping[str, Any]) -> list[str]:
   return [f'--config.{key}={format_override_value(value)}' for key, value in overrides.items()]
 
 
+def main_command(
+  python: str,
+  config: str,
+  workdir: str,
+  overrides: Mapping[str, Any],
+  *,
+  heartbeat_timeout: int | None = None,
+) -> Command:
+  """The `python -m rock_jax.main` command every launcher runs (local, GPU, TPU pod).
+
+  Args:
+    python: the interpreter with rock_jax installed.
+    config: `path/to/file.py[:arg]`.
+    workdir: checkpoints and logs.
+    overrides: `config` field overrides (`config_flags`).
+    heartbeat_timeout: several hosts: seconds before a silent host counts as dead
+      (`rock_jax.main --heartbeat_timeout`); None keeps the entry point's default.
+
+  Returns:
+    The argv list.
+  """
+  command = [python, '-m', 'rock_jax.main', f'--config={config}', f'--workdir={workdir}']
+  command += config_flags(overrides)
+  if heartbeat_timeout is not None:
+    if heartbeat_timeout <= 0:
+      raise LaunchError(f'--heartbeat_timeout must be positive, got {heartbeat_timeout}')
+    command.append(f'--heartbeat_timeout={heartbeat_timeout}')
+  return command
+
+
 def parse_overrides(pairs: Sequence[str]) -> dict[str, str]:
   """Parses repeated `--set key=value` arguments (values passed through as text).
 

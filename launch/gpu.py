@@ -103,16 +103,7 @@ def build_plan(args: argparse.Namespace) -> tuple[list[common.Command], dict[str
   commands = []
   if args.setup:
     commands.append([args.python, '-m', 'pip', 'install', '-q', '-e', '.[cuda]'])
-  commands.append(
-    [
-      args.python,
-      '-m',
-      'rock_jax.main',
-      f'--config={args.config}',
-      f'--workdir={args.workdir}',
-      *common.config_flags(overrides),
-    ]
-  )
+  commands.append(common.main_command(args.python, args.config, args.workdir, overrides))
   env = {'CUDA_VISIBLE_DEVICES': ','.join(str(g) for g in gpus)}
   if args.mem_fraction is not None:
     if not 0.0 < args.mem_fraction <= 1.0:

@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     help='Extra config override, repeatable: --set train.log_every=100.',
   )
   p.add_argument(
+    '--heartbeat_timeout',
+    type=int,
+    default=None,
+    help='Seconds before a silent worker counts as dead and the others stop '
+    '(rock_jax.main --heartbeat_timeout; default 100).',
+  )
+  p.add_argument(
     '--foreground', action='store_true', help='Stay attached (default: nohup, log to a file).'
   )
 
@@ -193,14 +200,13 @@ def train_plan(args: argparse.Namespace) -> tuple[str, common.Schedule, Topology
 
   overrides = {'data.data_dir': data_dir, 'model.dtype': args.dtype, **schedule.overrides()}
   overrides.update(common.parse_overrides(args.set))
-  main = [
+  main = common.main_command(
     '.venv/bin/python',
-    '-m',
-    'rock_jax.main',
-    f'--config={args.config}',
-    f'--workdir={workdir}',
-    *common.config_flags(overrides),
-  ]
+    args.config,
+    workdir,
+    overrides,
+    heartbeat_timeout=args.heartbeat_timeout,
+  )
   run = common.shell_join(main)
   if args.foreground:
     remote = f'cd {REMOTE_DIR} && {run}'

@@ -2,7 +2,8 @@
 
 The jitted eval step runs the detector and the (padded, fixed-shape) NMS on the
 `('data',)` mesh and reduces the auxiliary metrics to sums on device. Process 0
-collects the detections of all hosts and feeds the COCO evaluator.
+collects the detections of all hosts and feeds the COCO evaluator, then shares the
+results with the other processes.
 
 Auxiliary metrics, pooled over every valid pixel (or image) of the split:
 - image-level class task `t` (scene): `t_accuracy`, top-1;
@@ -276,7 +277,7 @@ class Evaluator:
     if coco is not None:
       results.update(coco.result())
     results.update(aux_metrics_from_sums(sums, config))
-    return results
+    return share_from_lead(results)
 
   def _write_panels(
     self,
@@ -329,6 +330,19 @@ class Evaluator:
     for what, where in written:
       if what != 'Figure-3 panels' or (workdir / 'panels').exists():
         print(f'{what + ":":<18}{where}', flush=True)
+
+
+def share_from_lead(results: dict[str, Any]) -> dict[str, Any]:
+  """Process 0's results on every process (as JSON values), so that every host ranks
+  checkpoints by the same metrics; unchanged on a single process.
+  """
+  if jax.process_count() == 1:
+    return results
+  lead = jax.process_index() == 0
+  payload = np.frombuffer(json.dumps(_to_json(results)).encode(), np.uint8) if lead else None
+  size = int(multihost_utils.broadcast_one_to_all(np.int32(len(payload) if lead else 0)))
+  buffer = multihost_utils.broadcast_one_to_all(payload if lead else np.zeros(size, np.uint8))
+  return results if lead else json.loads(np.asarray(buffer).tobytes())
 
 
 def _to_json(tree: Any) -> Any:

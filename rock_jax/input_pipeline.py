@@ -10,7 +10,8 @@ work). Evaluation batches add `image_id`, `orig_size`, `gt_boxes`, `gt_labels`,
 `gt_mask` (padded to `data.max_boxes`) and `valid` (0 for padding examples).
 
 Determinism and resuming: the training stream is a pure function of `(config, seed,
-process_index, process_count)`. Each dataset's stream is a sequence of epochs, epoch `e`
+process_index, process_count)`, and the global stream of `(config, seed)` once
+`data.train_shards` is set. Each dataset's stream is a sequence of epochs, epoch `e`
 shuffled with a seed derived from `(seed, e)`; each example's augmentation seed is
 derived from `(seed, dataset, position in that dataset's stream)`; a mixture picks the
 dataset of element `i` from a stateless draw seeded by `(seed, i // 1024)`. So
@@ -20,10 +21,13 @@ each dataset at the right epoch and skips the rest of that epoch *before* decodi
 augmenting. Restarting a trainer at step N with `start_step=N` gives the same batches
 as an uninterrupted run.
 
-Sharding: host `i` of `P` reads the contiguous slice `[i * n, (i + 1) * n)` of the
-(fraction of the) split (TFDS sub-split strings, the same as `tfds.even_splits`); train
-drops the remainder so every host has `n` examples; evaluation spreads the remainder and
-pads every host to the same number of batches.
+Sharding: training reads `S = data.train_shards` shards (0: one per host), shard `j`
+the contiguous slice `[j * n, (j + 1) * n)` of the (fraction of the) split (TFDS sub-
+split strings, the same as `tfds.even_splits`), dropping the remainder; host `i` of `P`
+reads the `S / P` shards `[i * S / P, (i + 1) * S / P)`, so hosts read disjoint parts of
+the split, and with `S` fixed the global batches are the same on any number of hosts.
+Evaluation: host `i` reads the `i`-th contiguous slice, the remainder spread over the
+first hosts, every host padded to the same number of batches.
 """
 
 from __future__ import annotations
@@ -293,6 +297,12 @@ def create_train_dataset(
 ) -> tf.data.Dataset:
   """Infinite, augmented training batches of this host.
 
+  The global stream is `S = data.train_shards` (0: one per process) independent
+  shard streams; each global batch takes `B / S` consecutive elements of every shard,
+  in shard order, and host `i` of `P` builds the shards `[i * S / P, (i + 1) * S / P)`.
+  So with `S` fixed, the global batches do not depend on the number of hosts: a run
+  on 2 hosts sees the same batches as a run on 1 (and a checkpoint moves between them).
+
   Args:
     config: the experiment config (uses `data`, `model`, `loss`, `train.batch_size`).
     seed: run seed (data order, mixture draws and augmentation).
@@ -305,11 +315,42 @@ def create_train_dataset(
     A dataset of host batches of `config.train.batch_size // process_count` examples.
   """
   index, count = _host(process_index, process_count)
-  data = config.data
   host_batch = _host_batch(config.train.batch_size, count, 'train.batch_size')
+  shards = int(config.data.get('train_shards', 0) or count)
+  if shards % count or host_batch % (shards // count):
+    raise ValueError(
+      f'data.train_shards {shards} must be a multiple of the {count} processes and divide '
+      f'train.batch_size {config.train.batch_size}.'
+    )
+  per_host = shards // count
+  shard_batch = host_batch // per_host
+  batched = [
+    _shard_stream(config, seed, shard, shards, start_step * shard_batch).batch(
+      shard_batch, drop_remainder=True
+    )
+    for shard in range(index * per_host, (index + 1) * per_host)
+  ]
+  if len(batched) == 1:
+    ds = batched[0]
+  else:
+    concat = lambda *parts: tf.nest.map_structure(lambda *x: tf.concat(x, 0), *parts)
+    ds = tf.data.Dataset.zip(tuple(batched)).map(concat)
+  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _shard_stream(
+  config: ml_collections.ConfigDict, seed: int, shard: int, shards: int, start: int
+) -> tf.data.Dataset:
+  """Shard `shard` of `shards`' infinite stream of training examples, from element `start`.
+
+  Shard 0 keeps the run seed, so a one-shard run's stream does not change with
+  `train_shards`; shard `j` draws its order, mixture and augmentation from
+  `seed + j * 2**20`.
+  """
+  seed = seed + (shard << 20)
+  data = config.data
   image_size, grid, dense_size, anchors = _geometry(config)
   sources = _sources(config)
-  start = start_step * host_batch
   # Elements each dataset has already contributed before `start`.
   if len(sources) == 1:
     consumed = [start]
@@ -328,12 +369,12 @@ def create_train_dataset(
     total = builder.info.splits[split].num_examples
     if k == 0:
       total = max(1, int(round(total * data.train_fraction)))
-    shard, size = _host_slice(split, total, index, count, drop_remainder=True)
+    shard_split, size = _host_slice(split, total, shard, shards, drop_remainder=True)
     if size == 0:
-      raise ValueError(f'{name}: {total} training examples for {count} processes.')
+      raise ValueError(f'{name}: {total} training examples for {shards} shards.')
     features = builder.info.features
     decoders = {key: tfds.decode.SkipDecoding() for key in _LAZY_KEYS if key in features}
-    base = builder.as_dataset(split=shard, shuffle_files=False, decoders=decoders)
+    base = builder.as_dataset(split=shard_split, shuffle_files=False, decoders=decoders)
     source_seed = seed * 100 + k
     stream = _epoch_stream(
       base, size, tf.constant(source_seed, tf.int64), data.shuffle_buffer, int(consumed[k])
@@ -372,8 +413,7 @@ def create_train_dataset(
       .skip(start % _MIX_BLOCK)
     )
     ds = tf.data.Dataset.choose_from_datasets(streams, choices)
-  ds = ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_options())
+  return ds
 
 
 def create_eval_dataset(

@@ -40,6 +40,12 @@ _DISTRIBUTED = flags.DEFINE_enum(
   'Call jax.distributed.initialize(): on several hosts only ("auto" detects a TPU pod '
   'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).',
 )
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+  'heartbeat_timeout',
+  100,
+  'Several hosts: seconds after which jax.distributed declares a silent host dead and '
+  'stops every other host with an error (jax.distributed.initialize(heartbeat_timeout_seconds)).',
+)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -64,6 +70,23 @@ def is_multihost(environ: os._Environ | dict[str, str] = os.environ) -> bool:
   return False
 
 
+def distributed_args(environ: os._Environ | dict[str, str] = os.environ) -> dict[str, int]:
+  """`jax.distributed.initialize` arguments that JAX does not read from the environment.
+
+  JAX reads `JAX_COORDINATOR_ADDRESS` itself and detects the rest on TPU, SLURM and
+  Open MPI; elsewhere (`launch/local.py`, a hand-made cluster) `JAX_NUM_PROCESSES` and
+  `JAX_PROCESS_ID` give the process count and this process' id.
+
+  Args:
+    environ: the environment to inspect.
+
+  Returns:
+    `num_processes` and `process_id` where the environment sets them.
+  """
+  names = {'num_processes': 'JAX_NUM_PROCESSES', 'process_id': 'JAX_PROCESS_ID'}
+  return {arg: int(environ[name]) for arg, name in names.items() if environ.get(name)}
+
+
 def main(argv: Sequence[str]) -> None:
   """Runs `train.train_and_evaluate` with the parsed config."""
   if len(argv) > 1:
@@ -82,7 +105,12 @@ def main(argv: Sequence[str]) -> None:
   # trainer's progress lines (steps/s, ETA) stay readable.
   logging.get_absl_handler().addFilter(quiet_orbax)
   if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
-    jax.distributed.initialize()
+    jax.distributed.initialize(
+      **distributed_args(), heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value
+    )
+  if jax.process_index() > 0:
+    # One voice: host 0 logs progress; the others only warnings and errors.
+    logging.set_verbosity(logging.WARNING)
   logging.info(
     'JAX process %d / %d, %d local / %d global devices (%s).',
     jax.process_index(),
@@ -91,7 +119,21 @@ def main(argv: Sequence[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  train.train_and_evaluate(config, workdir)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except Exception as error:
+    if jax.process_count() > 1:
+      # A dead host shows up here as a failed collective; JAX then stops this process
+      # within --heartbeat_timeout (the shutdown barrier) instead of waiting forever.
+      logging.error(
+        'Host %d of %d stops (%s). If another host died, every host exits within '
+        '--heartbeat_timeout=%d s; rerun all hosts to resume from the last checkpoint.',
+        jax.process_index(),
+        jax.process_count(),
+        type(error).__name__,
+        _HEARTBEAT_TIMEOUT.value,
+      )
+    raise
 
 
 def quiet_orbax(record: std_logging.LogRecord) -> bool:

@@ -126,6 +126,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   data.max_boxes = 100  # Ground-truth boxes per image after padding (eval only).
   data.train_fraction = 1.0  # Table 6: train on the first fraction of the train split.
   data.shuffle_buffer = 1000
+  # Training shards (0: one per host); fix it (e.g. 2) for the same batches on 1 or 2 hosts.
+  data.train_shards = 0
   data.augment = True
   data.crop = True  # SSD random crops with a fixed aspect ratio.
   data.flip = True
