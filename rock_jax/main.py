@@ -6,19 +6,24 @@
       --config.init_from=DIR --config.data.eval_split=test --workdir=EVAL_DIR
 
 Any config field can be overridden with `--config.<field>=value`. Rerunning a
-command on the same workdir resumes from its last checkpoint.
+command on the same workdir resumes from its last checkpoint. The console shows
+this project's logs, progress lines and evaluation tables; `--verbosity=0` (or
+higher) also shows the libraries' INFO logs (`rock_jax.console`).
 """
 
 import logging as std_logging
 import os
 from collections.abc import Sequence
 
-import jax
-import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
+from rock_jax import console
 
-from rock_jax import train
+with console.native_stderr_filtered():  # TensorFlow's start-up lines.
+  import jax
+  import tensorflow as tf
+  from absl import app, flags, logging
+  from ml_collections import config_flags
+
+  from rock_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
@@ -63,6 +68,7 @@ def main(argv: Sequence[str]) -> None:
   # Orbax reports every save step at INFO; keep its warnings, drop the chatter so the
   # trainer's progress lines (steps/s, ETA) stay readable.
   logging.get_absl_handler().addFilter(quiet_orbax)
+  console.configure()
   if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
     jax.distributed.initialize()
   logging.info(
