@@ -170,7 +170,15 @@ class CocoEvaluator:
     if not self._gt:
       return {**result, **per_class}
     if not self._dets:
-      return {**dict.fromkeys(COCO_SUMMARY_NAMES, 0.0), **per_class}
+      # Zero where there is ground truth; None for a size range without objects.
+      areas = np.array([a['area'] for a in self._gt])
+      sizes = {
+        'small': (areas < 32**2).any(),
+        'medium': ((areas >= 32**2) & (areas < 96**2)).any(),
+        'large': (areas >= 96**2).any(),
+      }
+      zeros = {n: 0.0 if sizes.get(n.split('_')[-1], True) else None for n in COCO_SUMMARY_NAMES}
+      return {**zeros, **per_class}
 
     with contextlib.redirect_stdout(io.StringIO()):
       coco_gt = COCO()
