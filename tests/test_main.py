@@ -74,7 +74,7 @@ def command(workdir, data_dir) -> list[str]:
   ]
 
 
-def run(args, env, timeout=300) -> subprocess.CompletedProcess:
+def run(args, env, timeout=600) -> subprocess.CompletedProcess:
   result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-5000:]
   return result
