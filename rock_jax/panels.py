@@ -568,6 +568,7 @@ def figure3_panel(
     score_threshold=0.5,
     outline_only=True,
   )
-  bottom = [(f'ground truth: {len(gt_boxes)} boxes', gt_drawn)]
+  plural = '' if len(gt_boxes) == 1 else 'es'
+  bottom = [(f'ground truth: {len(gt_boxes)} box{plural}', gt_drawn)]
   bottom += target_tiles(tile, targets, aux, task_kinds, label_names)
   return stack_rows([top, compose(bottom)])
