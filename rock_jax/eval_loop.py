@@ -11,6 +11,12 @@ Auxiliary metrics, pooled over every valid pixel (or image) of the split:
   relative error), in the data's units (metres for depth), on valid pixels, the
   prediction `exp(log-prediction)` clamped to the loss' range;
 - dense vector task `t` (normals): `t_mean_angle`, mean angular error in degrees.
+
+The validation loss is the training loss (`losses.multi_loss`) of each eval batch,
+averaged over the batches weighted by their number of real images: `loss` and
+`loss/<part>`. Process 0 also keeps the first `config.eval.num_panels` images' Figure-3
+panels (`Evaluator.panels`, predictions over targets) and the COCO evaluator of the
+last run (`Evaluator.coco`), for TensorBoard and `eval/<step>/` (`rock_jax.reporting`).
 """
 
 import functools
@@ -28,7 +34,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rock_jax import boxes as box_lib
-from rock_jax import evaluate, input_pipeline, losses, panels, postprocess
+from rock_jax import evaluate, input_pipeline, losses, panels, postprocess, reporting
 from rock_jax.models import detector
 
 # Host-side ground truth for the COCO evaluator.
@@ -138,7 +144,28 @@ def eval_step(
   outputs = model.apply(variables, batch['image'], train=False, with_aux=bool(eval_tasks(config)))
   det = postprocess.postprocess_outputs(outputs, default_boxes, config)
   aux = outputs.get('aux') or {}
-  return det, aux_metric_sums(aux, batch, config), dict(aux)
+  sums = aux_metric_sums(aux, batch, config)
+  sums.update(loss_sums(outputs, batch, config))
+  return det, sums, dict(aux)
+
+
+def loss_sums(
+  outputs: Mapping[str, Any], batch: Mapping[str, jax.Array], config: ml_collections.ConfigDict
+) -> dict[str, jax.Array]:
+  """The batch's loss and parts times its number of real images (`loss_count`)."""
+  total, parts = losses.multi_loss(outputs, batch, config=config)
+  count = jnp.sum(batch['valid'])
+  sums = {'loss': total * count, 'loss_count': count}
+  sums.update({f'loss/{k}': v * count for k, v in parts.items()})
+  return sums
+
+
+def loss_from_sums(sums: Mapping[str, float]) -> dict[str, float]:
+  """`loss` and `loss/<part>` averaged over the real images (see `loss_sums`)."""
+  count = sums.get('loss_count', 0.0)
+  if count <= 0:
+    return {}
+  return {k: float(v / count) for k, v in sums.items() if k == 'loss' or k.startswith('loss/')}
 
 
 def dataset_names(config: ml_collections.ConfigDict) -> tuple[list[str], dict[str, list[str]]]:
@@ -204,8 +231,10 @@ class Evaluator:
     local_devices = max(1, mesh.size // jax.process_count())
     per_host = max(1, config.eval.batch_size // jax.process_count())
     self._host_batch = -(-per_host // local_devices) * local_devices
+    self.panels: list[tuple[int, Any]] = []  # (image id, PIL image) of the last run.
+    self.coco: evaluate.CocoEvaluator | None = None  # The last run's, on process 0.
     tasks = eval_tasks(config)
-    self._device_keys = ('image', 'valid') + tuple(
+    self._device_keys = ('image', 'valid', 'box_targets', 'cls_targets') + tuple(
       k for t in tasks for k in (t, f'has_{t}', f'{t}_mask')
     )
 
@@ -223,8 +252,9 @@ class Evaluator:
       state_or_variables: a `TrainState` or `{'params', 'batch_stats'}`.
       split: the dataset split.
       step: the training step, recorded in the results.
-      panels_dir: if given, process 0 writes Figure-3 panels of the first
-        `config.eval.num_panels` images there.
+      panels_dir: if given, process 0 also writes the Figure-3 panels (kept in
+        `self.panels` at every run) of the first `config.eval.num_panels` images
+        there.
 
     Returns:
       COCO metrics (`mAP@[0.5:0.95]`, `mAP@0.5`, `mAP@0.75`, `AP@0.5/<class>`),
@@ -244,7 +274,8 @@ class Evaluator:
     )
     sums: dict[str, float] = {}
     num_images = 0
-    panels_left = int(config.eval.num_panels) if panels_dir is not None else 0
+    panels_left = int(config.eval.num_panels)
+    self.panels = []
     for index, batch in enumerate(dataset.as_numpy_iterator()):
       if config.eval.max_batches and index >= config.eval.max_batches:
         break
@@ -277,6 +308,8 @@ class Evaluator:
     if coco is not None:
       results.update(coco.result())
     results.update(aux_metrics_from_sums(sums, config))
+    results.update(loss_from_sums(sums))
+    self.coco = coco
     return share_from_lead(results)
 
   def _write_panels(
@@ -285,12 +318,13 @@ class Evaluator:
     det: Mapping[str, np.ndarray],
     aux: Mapping[str, np.ndarray],
     keep: np.ndarray,
-    panels_dir: str | epath.Path,
+    panels_dir: str | epath.Path | None,
     left: int,
   ) -> int:
-    """Writes Figure-3 panels of the first valid images; returns how many are left."""
-    out = epath.Path(panels_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Keeps (and writes) the panels of the first valid images; returns how many are left."""
+    out = epath.Path(panels_dir) if panels_dir is not None else None
+    if out is not None:
+      out.mkdir(parents=True, exist_ok=True)
     kinds = {t: self.config.model.task_specs[t].kind for t in eval_tasks(self.config)}
     for i in np.flatnonzero(keep[: len(batch['image'])]):
       if left <= 0:
@@ -303,10 +337,12 @@ class Evaluator:
         class_names=self.class_names,
         task_kinds=kinds,
         label_names=self.label_names,
+        targets=panels.targets_of(batch, i, kinds),
       )
-      path = out / f'panel_{int(batch["image_id"][i])}.png'
-      with path.open('wb') as f:
-        panel.save(f, format='PNG')
+      self.panels.append((int(batch['image_id'][i]), panel))
+      if out is not None:
+        with (out / f'panel_{int(batch["image_id"][i])}.png').open('wb') as f:
+          panel.save(f, format='PNG')
       left -= 1
     return left
 
@@ -315,7 +351,7 @@ class Evaluator:
     if jax.process_index() != 0 or not results:
       return
     path = epath.Path(workdir) / 'results.json'
-    path.write_text(json.dumps(_to_json(results), indent=2, sort_keys=True) + '\n')
+    path.write_text(json.dumps(reporting.to_json(results), indent=2, sort_keys=True) + '\n')
     variant = self.config.model.variant
     tasks = self.config.model.tasks if variant != 'baseline' else ''  # Baseline: no aux.
     name = f'{variant} ({tasks or "no aux"})'
@@ -323,13 +359,17 @@ class Evaluator:
     workdir = epath.Path(workdir)
     written = [
       ('results', path),
+      ('config', workdir / reporting.CONFIG_FILE),
+      ('metrics log', workdir / reporting.METRICS_FILE),
+      ('COCO json', workdir / reporting.EVAL_DIR),
       ('TensorBoard logs', f'{workdir}  (tensorboard --logdir={workdir})'),
       ('checkpoints', workdir / 'checkpoints'),
       ('Figure-3 panels', workdir / 'panels'),
     ]
     for what, where in written:
-      if what != 'Figure-3 panels' or (workdir / 'panels').exists():
-        print(f'{what + ":":<18}{where}', flush=True)
+      if not isinstance(where, str) and not where.exists():
+        continue
+      print(f'{what + ":":<18}{where}', flush=True)
 
 
 def share_from_lead(results: dict[str, Any]) -> dict[str, Any]:
@@ -360,15 +400,14 @@ def _to_json(tree: Any) -> Any:
 
 def scalar_results(results: Mapping[str, Any], prefix: str = 'eval/') -> dict[str, float]:
   """The numeric entries of `results`, for the metric writers (`eval/...`)."""
-  return {
-    f'{prefix}{k}': float(v)
-    for k, v in results.items()
-    if isinstance(v, int | float | np.generic) and not isinstance(v, bool) and k != 'step'
-  }
+  return {f'{prefix}{k}': v for k, v in reporting.metric_values(results).items()}
 
 
 def format_results(results: Mapping[str, Any], class_names: Sequence[str], name: str = '') -> str:
-  """The paper's Table-3 layout (AP@0.5 per class, in %) plus the other metrics.
+  """The paper's Table-3 layout (AP@0.5 per class, in %) and the three mAPs.
+
+  The other metrics are in the evaluation table printed before (`reporting.format_eval`)
+  and in results.json.
 
   Args:
     results: from `Evaluator.run`.
@@ -376,25 +415,19 @@ def format_results(results: Mapping[str, Any], class_names: Sequence[str], name:
     name: the model name in the first column.
 
   Returns:
-    The table and one line per other metric.
+    A title line, the table and one line with mAP@0.5, mAP@0.75 and mAP@[0.5:0.95].
   """
-  lines = [evaluate.table(results, class_names, fmt='text', name=name)]
-  extra = [
-    (k, v)
-    for k, v in results.items()
-    if not k.startswith(('mAP', 'AP@'))
-    and k not in ('step', 'split', 'num_images', 'validation')
-    and not isinstance(v, Mapping)
+  lines = [
+    f'Final results, AP@0.5 per class in % ({results.get("split")} split, step '
+    f'{results.get("step")}, {results.get("num_images")} images):'
   ]
-  lines.append(
-    f'split={results.get("split")} step={results.get("step")} images={results.get("num_images")}'
-  )
+  lines.append(evaluate.table(results, class_names, fmt='text', name=name))
   # The table shows mAP@0.5 and the per-class AP@0.5; the stricter averages follow.
-  for key in ('mAP@0.5', 'mAP@0.75', 'mAP@[0.5:0.95]'):
-    if key in results:
-      value = results[key]
-      lines.append(f'  {key}: ' + ('n/a' if value is None else f'{value:.4f}'))
-  for key, value in extra:
-    text = 'n/a' if value is None else f'{value:.4f}' if isinstance(value, float) else value
-    lines.append(f'  {key}: {text}')
+  lines.append(
+    '  '.join(
+      f'{key}: ' + ('n/a' if results.get(key) is None else f'{results[key]:.4f}')
+      for key in ('mAP@0.5', 'mAP@0.75', 'mAP@[0.5:0.95]')
+      if key in results
+    )
+  )
   return '\n'.join(lines)

@@ -5,7 +5,9 @@ them as COCO json (`[x, y, w, h]` in pixels of the original image, 0-based, cate
 ids 1..C named after the dataset's classes) and evaluates them with pycocotools, quietly.
 `result()` returns a named dict:
 - `mAP@[0.5:0.95]`, `mAP@0.5`, `mAP@0.75` (fractions in [0, 1]; means over the classes
-  present in the ground truth, as pycocotools does);
+  present in the ground truth, as pycocotools does), then the rest of pycocotools' 12-number
+  summary (`COCO_SUMMARY_NAMES`: AP and AR by object size, AR at 1 / 10 / 100
+  detections), None where pycocotools has no data (-1, e.g. no small object);
 - `AP@0.5/<class>` for every class: None when the class never occurs in the ground
   truth (absent, rather than a silent 0 or NaN).
 With no ground-truth box at all every entry is None; with no detection at all every
@@ -30,6 +32,21 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 METRIC_NAMES = ('mAP@[0.5:0.95]', 'mAP@0.5', 'mAP@0.75')
+# The 12 numbers of pycocotools' `COCOeval.summarize()`, in its order (`stats[0:12]`):
+# AP over IoU 0.5:0.95, at 0.5 and 0.75; AP of small, medium and large objects; AR with
+# at most 1, 10 and 100 detections per image; AR of small, medium and large objects.
+COCO_SUMMARY_NAMES = (
+  *METRIC_NAMES,
+  'AP_small',
+  'AP_medium',
+  'AP_large',
+  'AR@1',
+  'AR@10',
+  'AR@100',
+  'AR_small',
+  'AR_medium',
+  'AR_large',
+)
 
 
 def to_pixels_xywh(box: np.ndarray, height: int, width: int) -> list[float]:
@@ -149,7 +166,7 @@ class CocoEvaluator:
   def result(self) -> dict[str, float | None]:
     """Evaluates everything added so far (see the module docstring for the keys)."""
     present = {a['category_id'] for a in self._gt}
-    result: dict[str, float | None] = dict.fromkeys(METRIC_NAMES)
+    result: dict[str, float | None] = dict.fromkeys(COCO_SUMMARY_NAMES)
     per_class = {
       f'AP@0.5/{name}': (0.0 if k + 1 in present else None)
       for k, name in enumerate(self.class_names)
@@ -157,7 +174,15 @@ class CocoEvaluator:
     if not self._gt:
       return {**result, **per_class}
     if not self._dets:
-      return {**dict.fromkeys(METRIC_NAMES, 0.0), **per_class}
+      # Zero where there is ground truth; None for a size range without objects.
+      areas = np.array([a['area'] for a in self._gt])
+      sizes = {
+        'small': (areas < 32**2).any(),
+        'medium': ((areas >= 32**2) & (areas < 96**2)).any(),
+        'large': (areas >= 96**2).any(),
+      }
+      zeros = {n: 0.0 if sizes.get(n.split('_')[-1], True) else None for n in COCO_SUMMARY_NAMES}
+      return {**zeros, **per_class}
 
     with contextlib.redirect_stdout(io.StringIO()):
       coco_gt = COCO()
@@ -170,7 +195,7 @@ class CocoEvaluator:
       coco_eval.evaluate()
       coco_eval.accumulate()
       coco_eval.summarize()
-    for name, value in zip(METRIC_NAMES, coco_eval.stats[:3], strict=True):
+    for name, value in zip(COCO_SUMMARY_NAMES, coco_eval.stats[:12], strict=True):
       result[name] = float(value) if value > -1 else None
     # precision: [IoU thresholds, recall points, classes, area ranges, max dets]; IoU 0.5
     # is index 0, area 'all' index 0, and the last max-dets setting is 100.

@@ -42,7 +42,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from rock_jax import augment, boxes, matching
+from rock_jax import augment, boxes, console, matching
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -87,10 +87,11 @@ def get_builder(
   full = f'{name}/{builder_config}' if builder_config else name
   builder = tfds.builder(full, data_dir=data_dir)
   if not builder.is_prepared():
-    builder.download_and_prepare(
+    console.build_progress(
+      builder,
       download_config=tfds.download.DownloadConfig(
         manual_dir=manual_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP
-      )
+      ),
     )
   return builder
 

@@ -12,24 +12,25 @@
 directory and after a wheel install. Relative paths (workdir, `init_from`,
 `init_backbone`) are taken from the current directory.
 Any config field can be overridden with `--config.<field>=value`. Rerunning a
-command on the same workdir resumes from its last checkpoint.
+command on the same workdir resumes from its last checkpoint. The console shows
+this project's logs, progress lines and evaluation tables; `--verbosity=0` (or
+higher) also shows the libraries' INFO logs (`rock_jax.console`).
 """
 
+import logging as std_logging
 import os
+import sys
+from collections.abc import Sequence
 
-# Before TensorFlow loads: its C++ INFO lines would bury the one-line start-up errors.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+from rock_jax import console
 
-import logging as std_logging  # noqa: E402
-import sys  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+with console.native_stderr_filtered():  # TensorFlow's start-up lines.
+  import jax
+  import tensorflow as tf
+  from absl import app, flags, logging
+  from ml_collections import config_flags
 
-import jax  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from rock_jax import configs, preflight, train  # noqa: E402
+  from rock_jax import configs, preflight, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
@@ -104,6 +105,7 @@ def main(argv: Sequence[str]) -> None:
   # Orbax reports every save step at INFO; keep its warnings, drop the chatter so the
   # trainer's progress lines (steps/s, ETA) stay readable.
   logging.get_absl_handler().addFilter(quiet_orbax)
+  console.configure()
   if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
     jax.distributed.initialize(
       **distributed_args(), heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value

@@ -9,6 +9,17 @@ per auxiliary task in `config.model.tasks` order:
 - dense vector task with 3 components (normals): unit vectors as RGB,
   `(n + 1) / 2`; other widths show the vector norm.
 
+With `targets` (the trainer's evaluation panels) a second row shows the ground
+truth under each prediction: the ground-truth boxes, the scene label, the depth
+target (on the same colour scale as the prediction above it; grey where there is no
+target) and the normals target.
+
+Legibility: box labels never cover each other (`layout_labels` puts each one at the
+first free place around its box's top-left corner or inside its edges, most confident
+boxes first, and leaves out a label that finds no free place; its box stays drawn in
+the class colour). Tile titles are fitted to their tile (smaller font, then an
+ellipsis), so narrow portrait tiles do not run into each other.
+
 Pure numpy + PIL, so the trainer, `rock_jax.detect` and the notebook share it
 without a plotting dependency. Inputs are single images (no batch axis).
 """
@@ -34,6 +45,9 @@ _COLORMAPS = {
 
 TITLE_HEIGHT = 22
 _GAP = 4  # Pixels between tiles.
+_TITLE_SIZES = (14, 13, 12, 11, 10, 9)  # Title font sizes, tried in order.
+_MISSING = (128, 128, 128)  # Target pixels without a value.
+Rect = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels.
 
 
 def colormap(values: np.ndarray, name: str = 'viridis') -> np.ndarray:
@@ -113,29 +127,117 @@ def draw_detections(
 
   Returns:
     A uint8 copy of `image` with the detections drawn, lowest score first so the
-    most confident boxes end up on top.
+    most confident boxes end up on top, then their labels on a background of the
+    class colour, placed by `layout_labels` (labels never overlap each other).
+  """
+  drawn, _ = draw_detections_with_labels(
+    image, boxes, scores, classes, class_names, score_threshold=score_threshold
+  )
+  return drawn
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def layout_labels(
+  boxes: Sequence[Rect], sizes: Sequence[tuple[float, float]], width: int, height: int
+) -> list[Rect | None]:
+  """Places one label per box so that no two labels overlap.
+
+  Boxes are taken in the given order (most important first). Each label tries, in
+  order: above the box's top-left corner, inside its top-left corner, then down the
+  inside of its left edge, inside its top-right corner, below its bottom-left
+  corner; every place is moved inside the image. The first place that overlaps no
+  label placed so far wins; a label with no free place is left out (None).
+
+  Args:
+    boxes: `(x0, y0, x1, y1)` in pixels.
+    sizes: the `(width, height)` of each label.
+    width: image width.
+    height: image height.
+
+  Returns:
+    Per box, the label's rectangle or None.
+  """
+  placed: list[Rect] = []
+  out: list[Rect | None] = []
+  for (x0, y0, x1, y1), (tw, th) in zip(boxes, sizes, strict=True):
+    corners = [(x0, y0 - th), (x0, y0)]
+    y = y0 + th
+    while y + th <= y1:
+      corners.append((x0, y))
+      y += th
+    corners += [(x1 - tw, y0), (x0, y1)]
+    choice = None
+    for cx, cy in corners:
+      cx = min(max(cx, 0.0), max(width - tw, 0.0))
+      cy = min(max(cy, 0.0), max(height - th, 0.0))
+      rect = (cx, cy, cx + tw, cy + th)
+      if not any(_overlaps(rect, other) for other in placed):
+        choice = rect
+        break
+    if choice is not None:
+      placed.append(choice)
+    out.append(choice)
+  return out
+
+
+def draw_detections_with_labels(
+  image: np.ndarray,
+  boxes: np.ndarray,
+  scores: np.ndarray,
+  classes: np.ndarray,
+  class_names: Sequence[str],
+  *,
+  score_threshold: float = 0.3,
+  outline_only: bool = False,
+) -> tuple[np.ndarray, list[Rect]]:
+  """`draw_detections`, also returning the label rectangles drawn.
+
+  Args:
+    image: uint8 `[H, W, 3]`.
+    boxes: `[N, 4]` normalised `[ymin, xmin, ymax, xmax]`.
+    scores: `[N]` (ground truth: ones).
+    classes: `[N]` int, 1..C.
+    class_names: the C foreground names.
+    score_threshold: boxes below it are not drawn.
+    outline_only: labels without the score (ground truth).
+
+  Returns:
+    (the drawn image, the label rectangles `(x0, y0, x1, y1)`, non-overlapping).
   """
   canvas = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
   draw = ImageDraw.Draw(canvas)
   h, w = image.shape[:2]
   font = _font(max(10, min(16, h // 24)))
   line = max(1, round(min(h, w) / 160))
-  order = np.argsort(np.asarray(scores))
-  for i in order:
-    score, cls = float(scores[i]), int(classes[i])
-    if score < score_threshold or cls < 1:
-      continue
+  scores = np.asarray(scores, np.float64)
+  keep = [
+    i
+    for i in np.argsort(-scores, kind='stable')
+    if scores[i] >= score_threshold and classes[i] >= 1
+  ]
+  rects, sizes, labels = [], [], []
+  for i in keep:
     y0, x0, y1, x1 = (np.clip(np.asarray(boxes[i], np.float64), 0.0, 1.0) * [h, w, h, w]).tolist()
-    color = class_color(cls)
-    draw.rectangle([x0, y0, x1, y1], outline=color, width=line)
+    cls = int(classes[i])
     name = class_names[cls - 1] if cls - 1 < len(class_names) else f'class {cls}'
-    label = f'{name} {score:.2f}'
+    label = name if outline_only else f'{name} {scores[i]:.2f}'
     left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-    tw, th = right - left, bottom - top + 4
-    ty = y0 - th if y0 - th >= 0 else y0  # Inside the box when it touches the top edge.
-    draw.rectangle([x0, ty, x0 + tw + 4, ty + th], fill=color)
-    draw.text((x0 + 2, ty + 1 - top), label, fill=(0, 0, 0), font=font)
-  return np.asarray(canvas)
+    rects.append((x0, y0, x1, y1))
+    sizes.append((right - left + 4, bottom - top + 4))
+    labels.append((label, top, class_color(cls)))
+  # Boxes lowest score first (the most confident on top), then every label above them.
+  for rect, (_, _, color) in reversed(list(zip(rects, labels, strict=True))):
+    draw.rectangle(rect, outline=color, width=line)
+  placed = layout_labels(rects, sizes, w, h)
+  for spot, (label, top, color) in zip(placed, labels, strict=True):
+    if spot is None:
+      continue
+    draw.rectangle([spot[0], spot[1], spot[2] - 1, spot[3] - 1], fill=color)
+    draw.text((spot[0] + 2, spot[1] + 2 - top), label, fill=(0, 0, 0), font=font)
+  return np.asarray(canvas), [r for r in placed if r is not None]
 
 
 def class_heatmap(image: np.ndarray, class_map: np.ndarray, alpha: float = 0.6) -> np.ndarray:
@@ -157,9 +259,30 @@ def class_heatmap(image: np.ndarray, class_map: np.ndarray, alpha: float = 0.6) 
   return np.clip(np.round(blended), 0, 255).astype(np.uint8)
 
 
-def scalar_map(values: np.ndarray, size: tuple[int, int], *, invert: bool = False) -> np.ndarray:
-  """Colours a dense scalar map (percentile-normalised, viridis) at `size` = (H, W)."""
-  v = normalize(upsample(values, size))
+def scalar_map(
+  values: np.ndarray,
+  size: tuple[int, int],
+  *,
+  invert: bool = False,
+  value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+  """Colours a dense scalar map (viridis) at `size` = (H, W).
+
+  Args:
+    values: `[h, w]`.
+    size: the output (H, W).
+    invert: bright for small values (near depth).
+    value_range: (lo, hi) of the colour scale; by default the 2nd and 98th percentiles.
+
+  Returns:
+    uint8 `[H, W, 3]`.
+  """
+  up = upsample(values, size)
+  if value_range is None:
+    v = normalize(up)
+  else:
+    lo, hi = value_range
+    v = np.clip((up - lo) / max(hi - lo, 1e-12), 0.0, 1.0)
   return colormap(1.0 - v if invert else v, 'viridis')
 
 
@@ -178,11 +301,26 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
   return e / e.sum()
 
 
+def _target_range(targets: Mapping[str, Any] | None, task: str) -> tuple[float, float] | None:
+  """2nd-98th percentile of a dense scalar target's valid values (None: no target)."""
+  if not targets or targets.get(task) is None:
+    return None
+  values = np.asarray(targets[task], np.float32)
+  valid = values > 0
+  if f'{task}_mask' in targets:
+    valid &= np.asarray(targets[f'{task}_mask']) > 0
+  if not valid.any():
+    return None
+  lo, hi = np.percentile(values[valid], [2, 98])
+  return float(lo), float(hi)
+
+
 def task_tiles(
   image: np.ndarray,
   aux: Mapping[str, Any],
   task_kinds: Mapping[str, str],
   label_names: Mapping[str, Sequence[str]] | None = None,
+  targets: Mapping[str, Any] | None = None,
 ) -> list[tuple[str, np.ndarray]]:
   """One `(title, tile)` per auxiliary task present in `aux`, in `task_kinds` order.
 
@@ -191,6 +329,8 @@ def task_tiles(
     aux: the detector's `aux` outputs for one image (no batch axis).
     task_kinds: task name -> 'image_class' | 'dense_scalar' | 'dense_vector'.
     label_names: task name -> class names, for image_class tasks.
+    targets: optional targets (`targets_of`): a dense scalar prediction then uses its
+      target's colour scale, so the two tiles compare.
 
   Returns:
     The titled tiles, each uint8 `[H, W, 3]`.
@@ -219,8 +359,12 @@ def task_tiles(
       target = np.exp(value)
       lo, hi = np.percentile(target, [2, 98])
       unit = ' m' if task == 'depth' else ''
+      scale = _target_range(targets, task)
       tiles.append(
-        (f'{task} {lo:.1f}-{hi:.1f}{unit}', scalar_map(target, size, invert=task == 'depth'))
+        (
+          f'{task} {lo:.1f}-{hi:.1f}{unit}',
+          scalar_map(target, size, invert=task == 'depth', value_range=scale),
+        )
       )
     elif kind == 'dense_vector':
       tiles.append((task, vector_map(value, size)))
@@ -229,19 +373,144 @@ def task_tiles(
   return tiles
 
 
+def fit_title(
+  draw: ImageDraw.ImageDraw, title: str, max_width: float
+) -> tuple[str, ImageFont.ImageFont]:
+  """The title and font that fit `max_width`: a smaller font first, then an ellipsis."""
+  for size in _TITLE_SIZES:
+    font = _font(size)
+    if draw.textlength(title, font=font) <= max_width:
+      return title, font
+  text = title
+  while len(text) > 1 and draw.textlength(text + '...', font=font) > max_width:
+    text = text[:-1]
+  return text.rstrip() + '...', font
+
+
+def title_extents(tiles: Sequence[tuple[str, np.ndarray]]) -> list[tuple[float, float]]:
+  """`(x_start, x_end)` of each drawn title in a `compose` row (for tests)."""
+  draw = ImageDraw.Draw(Image.new('RGB', (1, 1)))
+  extents, x = [], 0
+  for title, tile in tiles:
+    text, font = fit_title(draw, title, tile.shape[1] - 6)
+    extents.append((x + 3, x + 3 + draw.textlength(text, font=font)))
+    x += tile.shape[1] + _GAP
+  return extents
+
+
 def compose(tiles: Sequence[tuple[str, np.ndarray]]) -> Image.Image:
-  """Places titled tiles of equal height side by side on a white canvas."""
+  """Places titled tiles of equal height side by side on a white canvas.
+
+  Each title is fitted to its tile's width (`fit_title`), so titles never collide.
+  """
   height = max(t.shape[0] for _, t in tiles)
   width = sum(t.shape[1] for _, t in tiles) + _GAP * (len(tiles) - 1)
   canvas = Image.new('RGB', (width, height + TITLE_HEIGHT), (255, 255, 255))
   draw = ImageDraw.Draw(canvas)
-  font = _font(14)
   x = 0
   for title, tile in tiles:
     canvas.paste(Image.fromarray(tile), (x, TITLE_HEIGHT))
-    draw.text((x + 3, 3), title, fill=(0, 0, 0), font=font)
+    text, font = fit_title(draw, title, tile.shape[1] - 6)
+    draw.text((x + 3, 3), text, fill=(0, 0, 0), font=font)
     x += tile.shape[1] + _GAP
   return canvas
+
+
+def stack_rows(rows: Sequence[Image.Image]) -> Image.Image:
+  """Stacks composed rows vertically (left-aligned, a gap between them)."""
+  width = max(r.width for r in rows)
+  height = sum(r.height for r in rows) + _GAP * (len(rows) - 1)
+  canvas = Image.new('RGB', (width, height), (255, 255, 255))
+  y = 0
+  for row in rows:
+    canvas.paste(row, (0, y))
+    y += row.height + _GAP
+  return canvas
+
+
+def targets_of(
+  batch: Mapping[str, np.ndarray], index: int, task_kinds: Mapping[str, str]
+) -> dict[str, Any]:
+  """One image's targets from an evaluation batch, for `figure3_panel(targets=...)`.
+
+  Args:
+    batch: a host eval batch (`gt_boxes`, `gt_labels`, `gt_mask`, and per task `t`,
+      `has_t`, `t_mask`; see `rock_jax.input_pipeline`).
+    index: the image in the batch.
+    task_kinds: task name -> kind.
+
+  Returns:
+    `boxes` `[M, 4]` and `classes` `[M]` of the real boxes, and per task present in
+    the image its target (and `<t>_mask` for dense tasks).
+  """
+  real = np.asarray(batch['gt_mask'][index]).astype(bool)
+  out: dict[str, Any] = {
+    'boxes': np.asarray(batch['gt_boxes'][index])[real],
+    'classes': np.asarray(batch['gt_labels'][index])[real],
+  }
+  for task in task_kinds:
+    if task not in batch:
+      continue
+    if f'has_{task}' in batch and not batch[f'has_{task}'][index] > 0:
+      continue
+    out[task] = np.asarray(batch[task][index])
+    if f'{task}_mask' in batch:
+      out[f'{task}_mask'] = np.asarray(batch[f'{task}_mask'][index])
+  return out
+
+
+def _masked(tile: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+  """Paints the pixels where the (upsampled) mask is off in grey."""
+  if mask is None:
+    return tile
+  on = upsample(np.asarray(mask, np.float32), tile.shape[:2]) > 0.5
+  return np.where(on[..., None], tile, np.array(_MISSING, np.uint8)).astype(np.uint8)
+
+
+def target_tiles(
+  image: np.ndarray,
+  targets: Mapping[str, Any],
+  aux: Mapping[str, Any],
+  task_kinds: Mapping[str, str],
+  label_names: Mapping[str, Sequence[str]] | None = None,
+) -> list[tuple[str, np.ndarray]]:
+  """The target under each tile of `task_tiles` (same tasks, same order, same size).
+
+  Args:
+    image: uint8 `[H, W, 3]` at the tile size.
+    targets: from `targets_of`.
+    aux: the predictions (a target tile is made for each task `task_tiles` shows).
+    task_kinds: task name -> kind.
+    label_names: task name -> class names, for image_class tasks.
+
+  Returns:
+    The titled target tiles; a task without a target gets a grey tile.
+  """
+  label_names = label_names or {}
+  size = image.shape[:2]
+  tiles = []
+  for task, kind in task_kinds.items():
+    if task not in aux:
+      continue
+    target = targets.get(task)
+    if target is None:
+      tiles.append((f'{task} target: none', np.full(image.shape, 128, np.uint8)))
+      continue
+    mask = targets.get(f'{task}_mask')
+    if kind == 'image_class':
+      k = int(np.asarray(target))
+      names = label_names.get(task, ())
+      tiles.append((f'{task} target: {names[k] if k < len(names) else k}', image))
+    elif kind == 'dense_scalar':
+      values = np.asarray(target, np.float32)
+      scale = _target_range(targets, task) or (0.0, 1.0)
+      valid = values > 0 if mask is None else (np.asarray(mask) > 0) & (values > 0)
+      unit = ' m' if task == 'depth' else ''
+      tile = scalar_map(values, size, invert=task == 'depth', value_range=scale)
+      tiles.append((f'{task} target {scale[0]:.1f}-{scale[1]:.1f}{unit}', _masked(tile, valid)))
+    else:
+      tiles.append((f'{task} target', _masked(vector_map(np.asarray(target), size), mask)))
+  return tiles
 
 
 def figure3_panel(
@@ -254,6 +523,7 @@ def figure3_panel(
   label_names: Mapping[str, Sequence[str]] | None = None,
   score_threshold: float = 0.3,
   tile_height: int = 240,
+  targets: Mapping[str, Any] | None = None,
 ) -> Image.Image:
   """Builds the Figure-3 row of one image.
 
@@ -267,9 +537,11 @@ def figure3_panel(
     label_names: task name -> class names for image-level class tasks (scene).
     score_threshold: detections below it are not drawn.
     tile_height: height in pixels of every tile.
+    targets: optional ground truth (`targets_of`): adds a second row with the
+      ground-truth boxes and each task's target under its prediction.
 
   Returns:
-    The panel as a PIL RGB image.
+    The panel as a PIL RGB image: one row of tiles, or two with `targets`.
   """
   tile = resize_to_height(np.asarray(image, np.uint8), tile_height)
   num = int(detections.get('num', len(detections['scores'])))
@@ -283,4 +555,20 @@ def figure3_panel(
   )
   n_shown = int(np.sum(np.asarray(detections['scores'])[:num] >= score_threshold))
   tiles = [(f'{n_shown} detections >= {score_threshold:g}', drawn)]
-  return compose(tiles + task_tiles(tile, aux, task_kinds, label_names))
+  top = compose(tiles + task_tiles(tile, aux, task_kinds, label_names, targets))
+  if targets is None:
+    return top
+  gt_boxes = np.asarray(targets['boxes'], np.float32).reshape(-1, 4)
+  gt_drawn, _ = draw_detections_with_labels(
+    tile,
+    gt_boxes,
+    np.ones(len(gt_boxes)),
+    np.asarray(targets['classes']).reshape(-1),
+    class_names,
+    score_threshold=0.5,
+    outline_only=True,
+  )
+  plural = '' if len(gt_boxes) == 1 else 'es'
+  bottom = [(f'ground truth: {len(gt_boxes)} box{plural}', gt_drawn)]
+  bottom += target_tiles(tile, targets, aux, task_kinds, label_names)
+  return stack_rows([top, compose(bottom)])

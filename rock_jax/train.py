@@ -7,6 +7,9 @@ already global under jit). The same code runs on one CPU, simulated CPU devices,
 one GPU or a multi-host pod; each host feeds its own slice of the global batch
 through `jax.make_array_from_process_local_data`.
 
+What the run reports (console lines, TensorBoard, `config.json`, `metrics.jsonl`,
+`eval/<step>/`) is `rock_jax.reporting`'s; this loop only says when.
+
 Resume is exact: the step's random key is `fold_in(base_key, step)` and the input
 pipeline restarts at the restored step, so an interrupted and resumed run ends
 with the same parameters as an uninterrupted one.
@@ -14,6 +17,7 @@ with the same parameters as an uninterrupted one.
 
 import functools
 import json
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -29,7 +33,7 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim, preflight
+from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim, preflight, reporting
 from rock_jax.models import detector
 
 # Batch entries the train step needs besides the per-task ones.
@@ -266,12 +270,56 @@ def _evaluate_checkpoint(
 
   directory, step = checkpoints.resolve_checkpoint(config.init_from)
   logging.info('Evaluating %s step %d on %s.', directory, step, config.data.eval_split)
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    print(f'config:  {reporting.write_config(config, workdir)}', flush=True)
+  writer = reporting.create_writer(workdir, is_writer=is_writer)
+  begin = time.perf_counter()
   results = evaluator.run(
     variables, config.data.eval_split, step=step, panels_dir=workdir / 'panels'
   )
   results['checkpoint'] = str(directory / str(step))
+  _publish_eval(
+    results,
+    evaluator,
+    workdir=workdir,
+    writer=writer,
+    metrics_log=reporting.MetricsLog(workdir, enabled=is_writer),
+    seconds=time.perf_counter() - begin,
+  )
+  writer.close()
   evaluator.report(results, workdir)
   return results
+
+
+def _publish_eval(
+  results: dict[str, Any],
+  evaluator: eval_loop.Evaluator,
+  *,
+  kind: str,
+  workdir: epath.Path,
+  writer: metric_writers.MetricWriter,
+  metrics_log: reporting.MetricsLog,
+  seconds: float,
+) -> None:
+  """Process 0 reports one evaluation: TensorBoard, metrics.jsonl, eval/<step>/, console.
+
+  `kind` is 'eval' for the periodic (validation) evaluations and 'test' for the one
+  test-split evaluation at the end: its scalars go under `test/` and its files under
+  `eval/test_<step>/`, beside (never over) the validation files of the same step.
+  """
+  if jax.process_index() != 0:
+    return
+  step = int(results['step'])
+  writer.write_scalars(step, eval_loop.scalar_results(results, prefix=f'{kind}/'))
+  if evaluator.panels and kind == 'eval':
+    writer.write_images(step, reporting.panel_images(evaluator.panels))
+  writer.flush()
+  metrics_log.write(kind, step, reporting.metric_values(results))
+  if evaluator.coco is not None:
+    name = str(step) if kind == 'eval' else f'{kind}_{step}'
+    reporting.write_eval_files(workdir, name, evaluator.coco, results)
+  print(reporting.format_eval(results, seconds), flush=True)
 
 
 def _train(
@@ -281,8 +329,11 @@ def _train(
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P('data'))
   is_writer = jax.process_index() == 0
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_writer)
+  writer = reporting.create_writer(workdir, is_writer=is_writer)
   writer.write_hparams(_flat_hparams(config))
+  metrics_log = reporting.MetricsLog(workdir, enabled=is_writer)
+  if is_writer:
+    print(f'config:  {reporting.write_config(config, workdir)}', flush=True)
 
   model = detector.build_model(config)
   init_rng, step_base_rng = jax.random.split(jax.random.key(config.seed))
@@ -315,6 +366,7 @@ def _train(
   start_step = int(jax.device_get(state.step))
   num_steps = int(config.train.num_steps)
   logging.info('Train state %s; steps %d -> %d.', source, start_step, num_steps)
+  progress = reporting.Progress(num_steps)
 
   step_fn = jax.jit(
     functools.partial(train_step, model=model, config=config),
@@ -366,7 +418,18 @@ def _train(
     if not evaluators:
       evaluators.append(eval_loop.Evaluator(config, model, mesh))
     target = state if variables is None else variables
-    return evaluators[0].run(target, split, step=step, panels_dir=panels_dir)
+    begin = time.perf_counter()
+    results = evaluators[0].run(target, split, step=step, panels_dir=panels_dir)
+    _publish_eval(
+      results,
+      evaluators[0],
+      kind='eval' if split == eval_split else 'test',
+      workdir=workdir,
+      writer=writer,
+      metrics_log=metrics_log,
+      seconds=time.perf_counter() - begin,
+    )
+    return results
 
   def settle() -> None:
     """Fetches the previous step's metrics and stops on a non-finite value."""
@@ -389,12 +452,16 @@ def _train(
   try:
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        waiting = time.perf_counter()
         batch = {k: v for k, v in next(batches).items() if k in keys}
+        progress.data(time.perf_counter() - waiting)
         rng = jax.random.fold_in(step_base_rng, step - 1)
         state, metrics = step_fn(state, shard_batch(batch, data_sharding), rng)
       # Check the previous step while this one runs: one host sync per step, no stall.
       settle()
       pending = (step, metrics)
+      if step == start_step + 1:
+        progress.start(step)  # The first step compiled: speed counts from here.
       for hook in hooks:
         hook(step)
       log_now = _is_final_or_every(step, config.train.log_every, num_steps)
@@ -403,16 +470,20 @@ def _train(
       if log_now or eval_now or save_now:
         settle()
       if log_now and history:
-        writer.write_scalars(step, {f'train/{k}': v for k, v in _mean_metrics(history).items()})
+        means = _mean_metrics(history)
+        writer.write_scalars(step, {f'train/{k}': v for k, v in means.items()})
+        metrics_log.write('train', step, means)
+        if is_writer:
+          print(progress.line(step, means), flush=True)
         history = []
       if eval_now:
-        with metric_writers.ensure_flushes(writer):
+        with metric_writers.ensure_flushes(writer), progress.paused():
           panels_dir = workdir / 'panels' if step == num_steps and not test_split else None
           results = evaluate(step, panels_dir)
           validation[step] = results
-          writer.write_scalars(step, eval_loop.scalar_results(results))
       if save_now:
-        checkpoints.save(manager, step, state, config, metrics=results if eval_now else None)
+        with progress.paused():
+          checkpoints.save(manager, step, state, config, metrics=results if eval_now else None)
     settle()
     if start_step >= num_steps and eval_split and not test_split:
       # Already trained (e.g. a rerun after the end): evaluate the final state again.

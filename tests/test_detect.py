@@ -294,3 +294,83 @@ def test_detect_takes_the_best_checkpoint_and_a_file_or_glob(tmp_path, image_dir
   summary = detect.run('run', image_dir / 'a.jpg', 'out', write_panels=False)
   assert (summary['step'], summary['checkpoint_kind'], summary['num_images']) == (2, 'best', 1)
   assert json.loads((tmp_path / 'out' / 'images.json').read_text())['images'][0]['id'] == 1
+# ------------------------------------------------------------------ panel legibility
+
+
+def _overlap(a, b) -> bool:
+  return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def test_labels_of_a_crowded_image_never_overlap():
+  rng = np.random.default_rng(1)
+  n = 40  # Far more boxes than the 120x90 image has room for labels.
+  y0, x0 = rng.uniform(0, 0.8, n), rng.uniform(0, 0.8, n)
+  boxes = np.stack([y0, x0, y0 + 0.2, x0 + 0.2], axis=1)
+  image = np.zeros((120, 90, 3), np.uint8)
+  drawn, labels = panels.draw_detections_with_labels(
+    image, boxes, rng.uniform(0.5, 1.0, n), rng.integers(1, 4, n), ('chair', 'lamp', 'sofa')
+  )
+  assert drawn.shape == image.shape and len(labels) >= 3
+  for i, a in enumerate(labels):
+    assert 0 <= a[0] and a[2] <= 90 and 0 <= a[1] and a[3] <= 120, a  # Inside the image.
+    for b in labels[i + 1 :]:
+      assert not _overlap(a, b), (a, b)
+
+
+def test_layout_labels_moves_a_colliding_label_and_drops_one_without_room():
+  # Two boxes with the same top-left corner: the second label goes inside its box,
+  # under the first one's; a third box has no free place left at all.
+  boxes = [(10, 20, 60, 40), (10, 20, 60, 40), (10, 20, 60, 40)]
+  rects = panels.layout_labels(boxes, [(40, 10)] * 3, width=100, height=100)
+  assert rects[0] == (10, 10, 50, 20)  # Above the box.
+  assert rects[1] == (10, 20, 50, 30)  # Inside its top-left corner.
+  assert rects[2] == (10, 30, 50, 40)  # Down the inside of the left edge.
+  crowded = panels.layout_labels([(0, 0, 10, 10)] * 2, [(10, 10)] * 2, width=10, height=10)
+  assert crowded[0] == (0, 0, 10, 10) and crowded[1] is None
+
+
+def test_titles_of_a_portrait_panel_stay_in_their_tiles():
+  image = np.full((400, 150, 3), 90, np.uint8)  # Tall and narrow: tiles 90 px wide at 240.
+  tile = panels.resize_to_height(image, 240)
+  tiles = [
+    ('12 detections >= 0.3', tile),
+    ('scene: living_room_with_a_long_name (0.97)', tile),
+    ('depth 0.5-10.0 m', tile),
+    ('normals', tile),
+  ]
+  extents = panels.title_extents(tiles)
+  x = 0
+  for (_, t), (start, end) in zip(tiles, extents, strict=True):
+    assert x <= start and end <= x + t.shape[1], (start, end, x)
+    x += t.shape[1] + 4
+  panel = panels.compose(tiles)
+  assert panel.size == (4 * tile.shape[1] + 12, 240 + panels.TITLE_HEIGHT)
+
+
+def test_panel_with_targets_has_a_ground_truth_row():
+  image = np.full((60, 80, 3), 100, np.uint8)
+  det = {'boxes': np.array([[0.2, 0.2, 0.8, 0.8]]), 'scores': np.array([0.9]), 'classes': [1]}
+  aux = {'scene': np.array([0.0, 3.0]), 'depth': np.zeros((4, 5)), 'normals': np.ones((4, 5, 3))}
+  batch = {
+    'gt_boxes': np.array([[[0.1, 0.1, 0.5, 0.5], [0, 0, 0, 0]]]),
+    'gt_labels': np.array([[1, 0]]),
+    'gt_mask': np.array([[True, False]]),
+    'scene': np.array([1]),
+    'has_scene': np.array([1.0]),
+    'depth': np.full((1, 4, 5), 2.0),
+    'depth_mask': np.ones((1, 4, 5)),
+    'has_depth': np.array([1.0]),
+    'normals': np.ones((1, 4, 5, 3)),
+    'normals_mask': np.zeros((1, 4, 5)),  # No valid normal: a grey tile.
+    'has_normals': np.array([1.0]),
+  }
+  targets = panels.targets_of(batch, 0, TASK_KINDS)
+  assert targets['boxes'].shape == (1, 4) and int(targets['scene']) == 1
+  panel = panels.figure3_panel(
+    image, det, aux, class_names=('x',), task_kinds=TASK_KINDS, tile_height=30, targets=targets
+  )
+  tile = 30 * 80 // 60 + 4
+  assert panel.size == (4 * tile - 4, 2 * (30 + panels.TITLE_HEIGHT) + 4)
+  pixels = np.asarray(panel)
+  normals_target = pixels[30 + 2 * panels.TITLE_HEIGHT + 4 + 5, 3 * tile + 5]
+  np.testing.assert_array_equal(normals_target, [128, 128, 128])

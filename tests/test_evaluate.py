@@ -155,3 +155,40 @@ def test_oracle_match_encode_decode_nms_coco():
     value = result[f'AP@0.5/{name}']
     assert (value is None) == (k + 1 not in present)
     assert value is None or value == pytest.approx(1.0)
+
+
+def test_full_coco_summary_by_object_size():
+  # One image of 1000x1000 px with one class: a small (20x20 px), a medium (50x50) and
+  # a large (200x200) object; the medium and large ones are found exactly, the small
+  # one is missed. By hand (pycocotools' definitions: 101 recall points, area ranges
+  # 32^2 and 96^2 px, AR as the recall at 1 / 10 / 100 detections):
+  # recall 2/3 at precision 1 -> AP = 67/101 at every IoU threshold; APs = 0, APm = APl
+  # = 1; AR@1 = 1/3 (one detection), AR@10 = AR@100 = 2/3; ARs = 0, ARm = ARl = 1.
+  small = [0.10, 0.10, 0.12, 0.12]
+  medium = [0.30, 0.30, 0.35, 0.35]
+  large = [0.50, 0.50, 0.70, 0.70]
+  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev.add(
+    [1],
+    [[1000, 1000]],
+    *_gt([small, medium, large], [1, 1, 1]),
+    _det([medium, large], [0.9, 0.8], [1, 1]),
+  )
+  result = ev.result()
+  expected = {
+    'mAP@[0.5:0.95]': 67 / 101,
+    'mAP@0.5': 67 / 101,
+    'mAP@0.75': 67 / 101,
+    'AP_small': 0.0,
+    'AP_medium': 1.0,
+    'AP_large': 1.0,
+    'AR@1': 1 / 3,
+    'AR@10': 2 / 3,
+    'AR@100': 2 / 3,
+    'AR_small': 0.0,
+    'AR_medium': 1.0,
+    'AR_large': 1.0,
+  }
+  assert tuple(expected) == evaluate.COCO_SUMMARY_NAMES
+  for name, value in expected.items():
+    assert result[name] == pytest.approx(value, abs=1e-6), name

@@ -9,9 +9,11 @@ cache so that only the first one compiles, and compile with XLA's backend
 optimisations off (faster to build, same flags in every run).
 """
 
+import glob
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -22,12 +24,19 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
+from tensorflow.core.util import event_pb2
 
 from configs import synthetic
-from rock_jax import checkpoints, main, train
+from rock_jax import checkpoints, evaluate, main, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30
+# The console of the smoke run below (TFDS build, 3 progress lines, one evaluation, the
+# final table and where the files went) fits in this many lines (it was 63 lines for
+# 4 steps before the console was reworked; see README, "What a run prints").
+CONSOLE_LINE_BUDGET = 40
+MAX_LINE_CHARS = 200
 METRIC_KEYS = (
   'mAP@[0.5:0.95]',
   'mAP@0.5',
@@ -65,7 +74,7 @@ def command(workdir, data_dir) -> list[str]:
   ]
 
 
-def run(args, env, timeout=300) -> subprocess.CompletedProcess:
+def run(args, env, timeout=600) -> subprocess.CompletedProcess:
   result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
   assert result.returncode == 0, result.stderr[-5000:]
   return result
@@ -73,10 +82,10 @@ def run(args, env, timeout=300) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, env, data_dir):
-  """One complete smoke run; returns its workdir and stdout."""
+  """One complete smoke run (building the dataset); returns its workdir, stdout and stderr."""
   workdir = tmp_path_factory.mktemp('run_a')
   result = run(command(workdir, data_dir), env)
-  return workdir, result.stdout
+  return workdir, result.stdout, result.stderr
 
 
 def final_variables(workdir):
@@ -86,7 +95,7 @@ def final_variables(workdir):
 
 
 def test_smoke_run_writes_everything(uninterrupted):
-  workdir, stdout = uninterrupted
+  workdir, stdout, _ = uninterrupted
   results = json.loads((workdir / 'results.json').read_text())
   for key in METRIC_KEYS:
     assert key in results, key
@@ -148,6 +157,77 @@ def test_eval_mode_evaluates_a_checkpoint(tmp_path, uninterrupted, data_dir, cap
   for key in METRIC_KEYS:
     assert key in written
   assert 'bathtub' in capsys.readouterr().out
+  assert (tmp_path / 'eval' / str(NUM_STEPS) / 'detections.json').exists()
+
+
+def test_smoke_console_fits_the_line_budget(uninterrupted):
+  workdir, stdout, stderr = uninterrupted
+  lines = (stdout + stderr).splitlines()
+  assert len(lines) <= CONSOLE_LINE_BUDGET, '\n'.join(lines)
+  # A progress bar in a log file redraws with carriage returns: each redraw counts.
+  drawn = [part for line in lines for part in line.split('\r')]
+  assert max(len(part) for part in drawn) <= MAX_LINE_CHARS, max(drawn, key=len)
+  for noise in ('oneDNN', 'Unable to initialize backend', 'is deprecated', 'Hyperparameters'):
+    assert noise not in stdout + stderr, noise
+  progress = [line for line in stdout.splitlines() if line.startswith('step ')]
+  assert [line.split()[1] for line in progress] == ['10/30', '20/30', '30/30']
+  for part in ('steps/s', 'ETA', 'lr ', 'loss ', '(cls ', ' loc ', 'depth ', 'ms/step'):
+    assert part in progress[-1], part
+  assert f'config:  {workdir / "config.json"}' in stdout
+  assert re.search(r'^eval  step 30  test split, 4 images', stdout, re.M)
+  assert re.search(r'^  COCO %  AP +[\d.]+  AP50', stdout, re.M)
+  assert stderr.count('Building synthetic_rooms/tiny') >= 1  # One bar, not one per split.
+  assert 'Shuffling' not in stderr and 'Generating' not in stderr
+
+
+def test_smoke_workdir_files(uninterrupted):
+  workdir = uninterrupted[0]
+  config = json.loads((workdir / 'config.json').read_text())
+  assert config['train']['num_steps'] == NUM_STEPS
+  records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert [(r['kind'], r['step']) for r in records] == [
+    ('train', 10),
+    ('train', 20),
+    ('train', 30),
+    ('eval', 30),
+  ]
+  assert {'loss', 'loss/cls', 'loss/loc', 'learning_rate', 'grad_norm'} <= set(records[0])
+  assert {'loss', 'loss/cls', 'mAP@0.5', 'AR@100', 'depth_rmse'} <= set(records[-1])
+  eval_dir = workdir / 'eval' / str(NUM_STEPS)
+  detections = json.loads((eval_dir / 'detections.json').read_text())
+  assert detections and set(detections[0]) == {'image_id', 'category_id', 'bbox', 'score'}
+  summary = json.loads((eval_dir / 'summary.json').read_text())
+  results = json.loads((workdir / 'results.json').read_text())
+  for name in evaluate.COCO_SUMMARY_NAMES:
+    assert name in summary and name in results, name
+    assert summary[name] == results[name]
+
+
+def event_tags(workdir) -> dict[str, str]:
+  """TensorBoard tag -> plugin (scalars, images) of the run's event files."""
+  tags = {}
+  for path in glob.glob(str(workdir / 'events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(path):
+      event = event_pb2.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        tags.setdefault(value.tag, value.metadata.plugin_data.plugin_name)
+  return tags
+
+
+def test_smoke_tensorboard_has_pictures_and_every_scalar(uninterrupted):
+  tags = event_tags(uninterrupted[0])
+  images = [t for t, plugin in tags.items() if plugin == 'images']
+  assert images and all(t.startswith('panels/') for t in images)
+  scalars = {t for t, plugin in tags.items() if plugin == 'scalars'}
+  expected = {'train/loss', 'train/loss/cls', 'train/learning_rate', 'train/grad_norm'}
+  expected |= {'eval/loss', 'eval/loss/cls', 'eval/loss/depth', 'eval/depth_rmse'}
+  # pycocotools has no number for a size range without objects (None, not written).
+  results = json.loads((uninterrupted[0] / 'results.json').read_text())
+  defined = [name for name in evaluate.COCO_SUMMARY_NAMES if results[name] is not None]
+  assert {'mAP@[0.5:0.95]', 'mAP@0.5', 'AR@100'} <= set(defined)
+  expected |= {f'eval/{name}' for name in defined}
+  assert expected <= scalars, expected - scalars
+  assert any(t.startswith('eval/AP@0.5/') for t in scalars)
 
 
 def test_eval_mode_needs_init_from(tmp_path):

@@ -14,6 +14,7 @@ import sys
 import cached_env
 import pytest
 from absl import app
+from PIL import Image
 
 from rock_jax.tools import study
 
@@ -131,6 +132,9 @@ def test_smoke_study_table_comes_from_results(smoke_study):
   assert paper[3] == ['ROCK', '37.6', '17.1', '18.5']
   assert 'python -m rock_jax.tools.study --steps=4 --seeds=0 --variants=baseline,rock' in text
   assert '--smoke' in text
+  assert '![Learning curves](RESULTS_curves.png)' in text
+  with Image.open(out.parent / 'RESULTS_curves.png') as figure:
+    assert figure.width == 1600 and figure.height >= 300
 
 
 def test_smoke_study_rerun_reuses_results(smoke_study):

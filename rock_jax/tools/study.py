@@ -14,6 +14,9 @@ test split once on that final checkpoint (the trainer's `results.json`). The stu
 reads each `DIR/results.json` and writes a markdown report (default `ROOT/RESULTS.md`;
 the committed `RESULTS.md` only with `--out=RESULTS.md`, and never with `--smoke`): mean, standard deviation and min-max over seeds per
 metric, per-class AP@0.5, the exact commands, and the paper's Table 1 beside it.
+A figure of the learning curves of the first seed of every variant
+(`rock_jax.tools.plot`, from the runs' `metrics.jsonl`) goes beside the report
+(`RESULTS_curves.png` for `--out=RESULTS.md`).
 
 A run whose workdir already holds a `results.json` of the requested step is reused,
 so an interrupted study resumes where it stopped (the trainer itself resumes an
@@ -36,6 +39,7 @@ from typing import Any
 from absl import app, flags
 
 from rock_jax.configs import synthetic
+from rock_jax.tools import plot
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
@@ -285,6 +289,7 @@ def write_report(
   full_command: str,
   example_command: str,
   seeds: Sequence[int],
+  figure: str | None = None,
 ) -> str:
   """Writes the markdown report and returns its text.
 
@@ -302,6 +307,7 @@ def write_report(
     full_command: the command of the full-budget study.
     example_command: the trainer command of one run.
     seeds: the seeds.
+    figure: the learning-curves PNG, relative to the report (None: no figure).
 
   Returns:
     The markdown text.
@@ -367,6 +373,18 @@ def write_report(
     '',
     per_class_table(variants, runs),
     '',
+  ]
+  if figure:
+    lines += [
+      '## Learning curves (first seed of each variant)',
+      '',
+      'Training loss and its parts (solid), validation loss and metrics at each evaluation '
+      "(dashed), from each run's `metrics.jsonl`; drawn by `python -m rock_jax.tools.plot`.",
+      '',
+      f'![Learning curves]({figure})',
+      '',
+    ]
+  lines += [
     '## Reproduce',
     '',
     'This report:',
@@ -476,6 +494,7 @@ def main(argv: Sequence[str]) -> None:
     ['python', '-m', 'rock_jax.tools.study', f'--steps={config_steps}', '--seeds=0,1,2']
     + (['--smoke'] if smoke else [])
   )
+  figure = write_figure(out, variants, workdirs)
   write_report(
     out,
     variants=variants,
@@ -490,8 +509,27 @@ def main(argv: Sequence[str]) -> None:
     full_command=full_command,
     example_command=example_command,
     seeds=seeds,
+    figure=figure,
   )
   print(f'Wrote {out}', flush=True)
+
+
+def write_figure(
+  out: str, variants: Sequence[str], workdirs: Mapping[str, Sequence[str]]
+) -> str | None:
+  """Draws the first seed's curves of every variant beside `out`; returns its name.
+
+  None (and a note on the console) when a run has no `metrics.jsonl` (a run from
+  before the trainer wrote one).
+  """
+  runs = [workdirs[v][0] for v in variants if workdirs[v]]
+  path = os.path.splitext(out)[0] + '_curves.png'
+  try:
+    plot.plot_runs(runs, path, labels=[v for v in variants if workdirs[v]])
+  except ValueError as error:
+    print(f'No learning-curves figure: {error}', flush=True)
+    return None
+  return os.path.basename(path)
 
 
 if __name__ == '__main__':
