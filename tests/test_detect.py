@@ -294,6 +294,8 @@ def test_detect_takes_the_best_checkpoint_and_a_file_or_glob(tmp_path, image_dir
   summary = detect.run('run', image_dir / 'a.jpg', 'out', write_panels=False)
   assert (summary['step'], summary['checkpoint_kind'], summary['num_images']) == (2, 'best', 1)
   assert json.loads((tmp_path / 'out' / 'images.json').read_text())['images'][0]['id'] == 1
+
+
 # ------------------------------------------------------------------ panel legibility
 
 
