@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+from test_train import fake_batch, make_config, mesh_of
 
 from rock_jax import checkpoints, losses, train, weighting
 from rock_jax.models import detector
-from tests.test_train import fake_batch, make_config, mesh_of
 
 # ------------------------------------------------------------------ hand-computed
 
@@ -186,7 +186,7 @@ def test_step_resumes_bitwise_and_four_devices_agree(method, tmp_path):
     s = np.asarray(weighting_before['log_vars'])
     np.testing.assert_allclose(weights, np.exp(-s), rtol=1e-6)
     np.testing.assert_allclose(metrics['loss'], np.sum(np.exp(-s) * parts + s), rtol=1e-5)
-    assert not np.array_equal(s, -np.log(base))  # The log-variances have moved.
+    assert np.max(np.abs(s + np.log(base))) > 1e-4  # Two Adam steps moved them.
   elif method == 'dwa':
     # Window 1: r = L(step 2) / L(step 1), lambda = K softmax(r / 2).
     first, second = (np.array([m[f'loss/{n}'] for n in names]) for _, m in history[:2])
