@@ -2,6 +2,11 @@
 
   python -m rock_jax.detect --checkpoint=WORKDIR --images=FOLDER --out=OUT \
       [--config=configs/nyuv2.py] [--score_threshold=0.3] [--latest]
+  python -m rock_jax.detect --exported=EXPORT_DIR --images=FOLDER --out=OUT
+
+`--exported` runs an artifact of `rock_jax.export` instead (`EXPORT_DIR` for the
+`jax.export` one, `EXPORT_DIR/saved_model` for the SavedModel) without building the
+Flax model; its panels show the detections only (artifacts return no auxiliary maps).
 
 `--images` is a folder, one image file or a glob (`'photos/*.jpg'`, quoted). Given a
 workdir, detect loads the checkpoint chosen on validation (best mAP@0.5, as the
@@ -44,7 +49,7 @@ from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rock_jax import boxes as box_lib
-from rock_jax import checkpoints, evaluate, input_pipeline, panels, postprocess
+from rock_jax import checkpoints, evaluate, input_pipeline, panels, postprocess, serving
 from rock_jax.models import detector, rock
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -70,7 +75,8 @@ class LoadedModel:
     task_kinds: auxiliary task name -> kind, in config order.
     label_names: task name -> class names for image-level class tasks.
     step: the checkpoint step.
-    kind: how the step was chosen: 'best' (on validation), 'latest' or 'given'.
+    kind: how the step was chosen: 'best' (on validation), 'latest' or 'given'
+      ('exported' for an artifact of `rock_jax.export`).
   """
 
   config: ml_collections.ConfigDict
@@ -320,8 +326,36 @@ def _index(tree: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
   return {k: v[i] for k, v in tree.items()}
 
 
+def _exported_model(directory: str | os.PathLike) -> tuple[LoadedModel, Callable, int | None]:
+  """An export folder as the `LoadedModel` fields `run` reads, its predict and batch."""
+  try:
+    served = serving.load(directory)
+  except serving.ExportError as e:
+    raise DetectError(str(e)) from None
+  config = ml_collections.ConfigDict(served.metadata['config'])
+  loaded = LoadedModel(
+    config=config,
+    model=None,
+    variables={},
+    default_boxes=np.zeros((0, 4), np.float32),
+    class_names=served.class_names,
+    task_kinds={},
+    label_names={},
+    step=served.step,
+    kind='exported',
+  )
+
+  def predict(batch: np.ndarray) -> tuple[dict, dict]:
+    try:
+      return served.predict(batch), {}
+    except serving.ExportError as e:
+      raise DetectError(str(e)) from None
+
+  return loaded, predict, served.batch
+
+
 def run(
-  checkpoint: str | os.PathLike,
+  checkpoint: str | os.PathLike | None,
   images: str | os.PathLike,
   out: str | os.PathLike,
   *,
@@ -331,11 +365,12 @@ def run(
   tile_height: int = 240,
   write_panels: bool = True,
   latest: bool = False,
+  exported: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
   """Detects objects in every image of a folder and writes the JSON files and panels.
 
   Args:
-    checkpoint: see `load_model`.
+    checkpoint: see `load_model` (None with `exported`).
     images: a folder of images, one image file or a glob.
     out: output folder (created).
     config: the experiment config; None uses the checkpoint's.
@@ -345,6 +380,8 @@ def run(
     tile_height: panel tile height in pixels.
     write_panels: write `panels/<name>.png`.
     latest: take the latest checkpoint, not the best one on validation.
+    exported: an export folder of `rock_jax.export` (or its `saved_model`) to run
+      instead of a checkpoint; a fixed-batch artifact sets the batch size.
 
   Returns:
     A summary: `num_images`, `num_detections`, `step`, `checkpoint_kind` and the
@@ -358,9 +395,13 @@ def run(
     raise DetectError(f'batch_size must be >= 1, got {batch_size}')
   files = list_images(images)
   check_images(files)
-  loaded = load_model(checkpoint, config, latest=latest)
+  if exported is not None:
+    loaded, predict, fixed_batch = _exported_model(exported)
+    batch_size = fixed_batch or batch_size
+  else:
+    loaded = load_model(checkpoint, config, latest=latest)
+    predict = make_predict_fn(loaded)
   image_size = tuple(loaded.config.data.image_size)
-  predict = make_predict_fn(loaded)
   out = epath.Path(out)
   (out / 'panels').mkdir(parents=True, exist_ok=True)
 
@@ -413,6 +454,7 @@ _KIND_TEXT = {
   'best': 'best on validation',
   'latest': 'latest',
   'given': 'as given',
+  'exported': 'exported artifact',
 }
 
 
@@ -425,6 +467,7 @@ def _cli() -> None:
     'config', None, 'Experiment config (default: the one saved with the checkpoint).'
   )
   flags.DEFINE_string('checkpoint', None, 'Workdir, checkpoints folder or step folder.')
+  flags.DEFINE_string('exported', None, 'Export folder (rock_jax.export) to run instead.')
   flags.DEFINE_string('images', None, 'Folder, image file or glob (quoted) of images.')
   flags.DEFINE_bool('latest', False, 'Load the latest checkpoint, not the best on validation.')
   flags.DEFINE_string('out', None, 'Output folder.')
@@ -432,7 +475,8 @@ def _cli() -> None:
   flags.DEFINE_integer('batch_size', 1, 'Images per forward pass.')
   flags.DEFINE_integer('tile_height', 240, 'Panel tile height in pixels.')
   flags.DEFINE_bool('panels', True, 'Write a Figure-3 panel per image.')
-  flags.mark_flags_as_required(['checkpoint', 'images', 'out'])
+  flags.mark_flags_as_required(['images', 'out'])
+  flags.mark_flags_as_mutual_exclusive(['checkpoint', 'exported'], required=True)
   values = flags.FLAGS
 
   def main(argv: Sequence[str]) -> None:
@@ -450,6 +494,7 @@ def _cli() -> None:
         tile_height=values.tile_height,
         write_panels=values.panels,
         latest=values.latest,
+        exported=values.exported,
       )
     except DetectError as e:
       print(f'error: {e}', file=sys.stderr)

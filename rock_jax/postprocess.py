@@ -20,7 +20,7 @@ candidate before it overlaps it; this is exactly the sequential greedy algorithm
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -57,6 +57,16 @@ def nms_mask(boxes: Array, valid: Array, iou_threshold: float) -> Array:
   return jax.lax.fori_loop(0, k, body, jnp.zeros_like(valid))
 
 
+def sorted_top_k(x: Array, k: int) -> tuple[Array, Array]:
+  """`jax.lax.top_k` through a stable sort: the same values and indices (ties: lower index).
+
+  For artifacts read by an older StableHLO consumer (TensorFlow's `XlaCallModule`,
+  `rock_jax.export`): jax lowers `top_k` to a composite op that it cannot read.
+  """
+  idx = jnp.argsort(-x, axis=-1, stable=True)[..., :k]
+  return jnp.take_along_axis(x, idx, axis=-1), idx
+
+
 def postprocess(
   boxes: Array,
   logits: Array,
@@ -68,6 +78,7 @@ def postprocess(
   max_detections: int = 100,
   variances: Sequence[float] = (0.1, 0.2),
   clip_before_nms: bool = True,
+  top_k: Callable[[Array, int], tuple[Array, Array]] = jax.lax.top_k,
 ) -> dict[str, Array]:
   """Turns the head's outputs into detections with fixed shapes.
 
@@ -81,6 +92,7 @@ def postprocess(
     max_detections: detections per image.
     variances: box coding variances.
     clip_before_nms: clip the boxes to [0, 1] before NMS (True) or only on output.
+    top_k: the top-k op (`sorted_top_k` for exported artifacts).
 
   Returns:
     A dict with `boxes` `[B, N, 4]` normalised corner boxes clipped to [0, 1], `scores`
@@ -98,7 +110,7 @@ def postprocess(
   num_classes = scores.shape[-1]
 
   k = min(pre_nms_top_k, num_anchors)
-  top_scores, top_idx = jax.lax.top_k(jnp.swapaxes(scores, 1, 2), k)  # [B, C, K]
+  top_scores, top_idx = top_k(jnp.swapaxes(scores, 1, 2), k)  # [B, C, K]
   cand_boxes = jnp.take_along_axis(decoded[:, None], top_idx[..., None], axis=2)  # [B,C,K,4]
   valid = top_scores > score_threshold
   keep = nms_mask(cand_boxes, valid, nms_iou)
@@ -109,7 +121,7 @@ def postprocess(
     jnp.arange(1, num_classes + 1, dtype=jnp.int32)[:, None], (num_classes, k)
   ).reshape(num_classes * k)
   n = min(max_detections, num_classes * k)
-  best_scores, best = jax.lax.top_k(flat_scores, n)  # [B, N]
+  best_scores, best = top_k(flat_scores, n)  # [B, N]
   kept = best_scores > -1.0
   out_boxes = jnp.take_along_axis(flat_boxes, best[..., None], 1)
   out_boxes = jnp.where(kept[..., None], jnp.clip(out_boxes, 0.0, 1.0), 0.0)
@@ -129,7 +141,11 @@ def postprocess(
 
 
 def postprocess_outputs(
-  outputs: Mapping[str, jax.Array], default_boxes: jax.Array, config: Any
+  outputs: Mapping[str, jax.Array],
+  default_boxes: jax.Array,
+  config: Any,
+  *,
+  top_k: Callable[[Array, int], tuple[Array, Array]] = jax.lax.top_k,
 ) -> dict[str, jax.Array]:
   """`postprocess` of the detector's outputs with the config's evaluation settings.
 
@@ -137,6 +153,7 @@ def postprocess_outputs(
     outputs: the detector's output dict (`boxes`, `logits`).
     default_boxes: `[A, 4]` default boxes of the model.
     config: the experiment config (`eval.*`, `model.ssd.variances`).
+    top_k: see `postprocess`.
 
   Returns:
     The detections dict of `postprocess`.
@@ -151,4 +168,5 @@ def postprocess_outputs(
     max_detections=config.eval.max_detections,
     variances=tuple(config.model.ssd.variances),
     clip_before_nms=config.eval.get('clip_before_nms', True),
+    top_k=top_k,
   )

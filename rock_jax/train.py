@@ -33,7 +33,16 @@ from flax.training import train_state
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rock_jax import checkpoints, eval_loop, input_pipeline, losses, optim, preflight, reporting
+from rock_jax import (
+  checkpoints,
+  eval_loop,
+  input_pipeline,
+  losses,
+  optim,
+  preflight,
+  reporting,
+  weighting,
+)
 from rock_jax.models import detector
 
 # Batch entries the train step needs besides the per-task ones.
@@ -41,9 +50,10 @@ _TRAIN_KEYS = ('image', 'box_targets', 'cls_targets')
 
 
 class TrainState(train_state.TrainState):
-  """Flax train state plus the BatchNorm statistics."""
+  """Flax train state plus the BatchNorm statistics and the loss weighting's state."""
 
   batch_stats: Any = None
+  weighting: Any = None  # `rock_jax.weighting.init_state`: {} for the fixed weights.
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -110,6 +120,7 @@ def create_train_state(
     params=variables['params'],
     tx=optim.create_optimizer(config),
     batch_stats=variables.get('batch_stats', {}),
+    weighting=weighting.init_state(config),
   )
 
 
@@ -148,9 +159,9 @@ def train_step(
     loss_fn: `(outputs, batch, *, config) -> (total, parts)`.
 
   Returns:
-    (the new state, scalar metrics: `loss`, `loss/<part>`, `grad_norm`,
-    `learning_rate`, and `finite` (1 when the loss, every part and the gradient
-    are finite)).
+    (the new state, scalar metrics: `loss`, `loss/<part>`, `weight/<part>` (the
+    weights in force, `rock_jax.weighting`), `grad_norm`, `learning_rate`, and
+    `finite` (1 when the loss, every part and the gradient are finite)).
   """
   with_aux = bool(task_names(config))
 
@@ -167,13 +178,20 @@ def train_step(
     total, parts = loss_fn(outputs, batch, config=config)
     return total, (parts, updates['batch_stats'])
 
-  (total, (parts, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
-    state.params
-  )
+  if weighting.method(config) == 'fixed':
+    (total, (parts, batch_stats)), grads = jax.value_and_grad(compute_loss, has_aux=True)(
+      state.params
+    )
+    weighting_state, extra = state.weighting, weighting.fixed_weight_metrics(config)
+  else:
+    total, parts, batch_stats, grads, weighting_state, extra = weighting.value_and_grad(
+      compute_loss, state.params, state.weighting, rng, config=config
+    )
   grad_norm = optax.tree.norm(grads)
-  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+  new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats, weighting=weighting_state)
   metrics = {'loss': total, 'grad_norm': grad_norm}
   metrics.update({f'loss/{name}': value for name, value in parts.items()})
+  metrics.update(extra)
   finite = jnp.all(jnp.isfinite(jnp.stack([jnp.asarray(v) for v in metrics.values()])))
   metrics['finite'] = finite.astype(jnp.float32)
   metrics['learning_rate'] = optim.create_learning_rate_schedule(config)(state.step)

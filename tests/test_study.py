@@ -63,6 +63,27 @@ def test_run_command_isolates_variant_and_seed(tmp_path):
   assert f'--workdir={tmp_path}/steps10/flat_mtl/seed2' in args
 
 
+def test_weighting_rows_run_rock_with_each_weighting(tmp_path):
+  for method in ('uncertainty', 'dwa', 'pcgrad'):
+    row = f'rock+{method}'
+    workdir = study.run_workdir(str(tmp_path), 10, row, 0)
+    args = study.run_command(
+      smoke=True, variant=row, seed=0, steps=10, boundaries=(8,), workdir=workdir
+    )
+    assert '--config.model.variant=rock' in args
+    assert f'--config.loss.weighting={method}' in args
+    assert f'--workdir={tmp_path}/steps10/rock+{method}/seed0' in args
+    assert study.row_name(row) == f'ROCK ({method} weighting)'
+  plain = study.run_command(
+    smoke=True, variant='rock', seed=0, steps=10, boundaries=(8,), workdir=str(tmp_path)
+  )
+  assert not any(a.startswith('--config.loss.weighting') for a in plain)
+  with pytest.raises(ValueError, match="Unknown weighting 'gradnorm'"):
+    study.split_row('rock+gradnorm')
+  with pytest.raises(ValueError, match="Unknown variant 'rocky'"):
+    study.split_row('rocky+dwa')
+
+
 def _table_rows(text: str, title: str) -> list[list[str]]:
   """The cells of the first markdown table after the line `title`."""
   lines = text.splitlines()

@@ -95,6 +95,13 @@ def get_base_config() -> ml_collections.ConfigDict:
   loss.weights = ml_collections.ConfigDict(
     dict(cls=1.0, loc=3.0, scene=3.0, depth=3.0, normals=30.0)
   )
+  # How the parts combine (rock_jax/weighting.py): 'fixed' (the weights above, the paper),
+  # 'uncertainty' (Kendall et al. 2018), 'dwa' (Liu et al. 2019) or 'pcgrad' (Yu et al. 2020).
+  loss.weighting = 'fixed'
+  loss.weighting_lr = 1e-3  # uncertainty: Adam rate of the log-variances.
+  loss.dwa_window = 50  # dwa: steps per loss average (the paper's epoch); 1 = per step.
+  loss.dwa_temperature = 2.0  # dwa: softmax temperature T (2 in the paper).
+  loss.pcgrad_shared = ('^backbone/',)  # pcgrad: regexes of the shared parameter paths.
   loss.cls = 'softmax_hnm'  # 'softmax_hnm' (3:1 hard negatives) or 'focal'.
   loss.neg_pos_ratio = 3
   loss.focal_alpha = 0.25

@@ -18,6 +18,11 @@ A figure of the learning curves of the first seed of every variant
 (`rock_jax.tools.plot`, from the runs' `metrics.jsonl`) goes beside the report
 (`RESULTS_curves.png` for `--out=RESULTS.md`).
 
+A row may also name a loss weighting (`rock_jax.weighting`) after a `+`:
+`--variants=rock,rock+uncertainty,rock+dwa,rock+pcgrad` adds ROCK trained with each
+weighting (`--config.loss.weighting=W`, workdir `.../rock+W/seedS`) beside the
+fixed-weight ROCK.
+
 A run whose workdir already holds a `results.json` of the requested step is reused,
 so an interrupted study resumes where it stopped (the trainer itself resumes an
 interrupted run from its last checkpoint). `--smoke` uses
@@ -38,6 +43,7 @@ from typing import Any
 
 from absl import app, flags
 
+from rock_jax import weighting
 from rock_jax.configs import synthetic
 from rock_jax.tools import plot
 
@@ -68,9 +74,29 @@ METRICS = (
 )
 RUN_INFO = 'study_run.json'  # Per-run sidecar: command and wall time.
 
+
+def split_row(row: str) -> tuple[str, str | None]:
+  """`'rock+dwa'` -> `('rock', 'dwa')`, `'rock'` -> `('rock', None)`; checks both names."""
+  variant, _, method = row.partition('+')
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown variant {variant!r} in row {row!r}; choose from {VARIANTS}.')
+  if method and method not in weighting.METHODS:
+    raise ValueError(f'Unknown weighting {method!r} in row {row!r}; one of {weighting.METHODS}.')
+  return variant, method or None
+
+
+def row_name(row: str) -> str:
+  """The table name of a row, e.g. 'ROCK (dwa weighting)'."""
+  variant, method = split_row(row)
+  name = VARIANT_NAMES[variant]
+  return f'{name} ({method} weighting)' if method else name
+
+
 _STEPS = flags.DEFINE_integer('steps', None, 'Train steps per run (default: the config).')
 _SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) per variant.')
-_VARIANTS = flags.DEFINE_list('variants', list(VARIANTS), 'Model variants, in table order.')
+_VARIANTS = flags.DEFINE_list(
+  'variants', list(VARIANTS), 'Rows in table order: VARIANT or VARIANT+WEIGHTING (rock+dwa).'
+)
 _OUT = flags.DEFINE_string(
   'out',
   None,
@@ -141,7 +167,7 @@ def run_command(
 
   Args:
     smoke: use the smoke config.
-    variant: `config.model.variant`.
+    variant: `config.model.variant`, or a row `VARIANT+WEIGHTING` (`split_row`).
     seed: `config.seed`.
     steps: `config.train.num_steps`.
     boundaries: `config.train.lr_boundaries` for this budget.
@@ -152,6 +178,7 @@ def run_command(
   Returns:
     The arguments after `python`.
   """
+  variant, method = split_row(variant)
   args = [
     '-m',
     'rock_jax.main',
@@ -163,6 +190,8 @@ def run_command(
     f'--config.train.lr_boundaries={tuple(boundaries)!r}',
     '--config.train.eval_every=0',  # The final evaluation only.
   ]
+  if method:
+    args.append(f'--config.loss.weighting={method}')
   if data_dir:
     args.append(f'--config.data.data_dir={data_dir}')
   args += [f'--config.{o}' for o in overrides]
@@ -228,9 +257,7 @@ def metrics_table(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping]]
       format_cell(summarize([r.get(key) for r in results]), scale, digits)
       for key, _, scale, digits, _ in METRICS
     ]
-    lines.append(
-      f'| {VARIANT_NAMES.get(variant, variant)} | {len(results)} | ' + ' | '.join(cells) + ' |'
-    )
+    lines.append(f'| {row_name(variant)} | {len(results)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -246,7 +273,7 @@ def per_class_table(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping
     for key in ['mAP@0.5', *(f'AP@0.5/{c}' for c in names)]:
       stats = summarize([r.get(key) for r in runs[variant]])
       cells.append('-' if stats is None else f'{100 * stats["mean"]:.1f}')
-    lines.append(f'| {VARIANT_NAMES.get(variant, variant)} | ' + ' | '.join(cells) + ' |')
+    lines.append(f'| {row_name(variant)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -258,7 +285,7 @@ def ordering(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping]]) -> 
     if stats is not None:
       means[variant] = stats['mean']
   ranked = sorted(means, key=lambda v: -means[v])
-  return ' > '.join(VARIANT_NAMES.get(v, v) for v in ranked)
+  return ' > '.join(row_name(v) for v in ranked)
 
 
 def paper_table(variants: Sequence[str]) -> str:
@@ -356,7 +383,7 @@ def write_report(
     metrics_table(variants, runs),
     '',
     f'Ordering by mean mAP@0.5 here: {ordering(variants, runs)}. Paper Table 1: '
-    f'{ordering(variants, {v: [{"mAP@0.5": PAPER_TABLE1[v][0]}] for v in variants})}.',
+    f'{ordering([v for v in variants if v in PAPER_TABLE1], {v: [{"mAP@0.5": PAPER_TABLE1[v][0]}] for v in variants if v in PAPER_TABLE1})}.',
     '',
     'Depth RMSE, relative error and normals angle: lower is better; scene accuracy and AP: '
     'higher is better. The detection baseline has no auxiliary outputs (n/a).',
@@ -429,9 +456,11 @@ def main(argv: Sequence[str]) -> None:
   boundaries = scaled_boundaries(config.train.lr_boundaries, config_steps, steps)
   seeds = [int(s) for s in _SEEDS.value]
   variants = list(_VARIANTS.value)
-  unknown = [v for v in variants if v not in VARIANTS]
-  if unknown:
-    raise app.UsageError(f'Unknown variants {unknown}; choose from {VARIANTS}.')
+  for row in variants:
+    try:
+      split_row(row)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
   nice = ['nice', '-n', str(_NICE.value)] if _NICE.value else []
 
   runs: dict[str, list[dict]] = {v: [] for v in variants}
