@@ -87,10 +87,10 @@ class RenderStyle:
 STYLES = {
   'target': RenderStyle(),
   'source': RenderStyle(
-    ambient=(0.5, 0.65),
-    direct=(0.25, 0.45),
+    ambient=(0.45, 0.6),
+    direct=(0.2, 0.35),
     tint=(0.75, 1.25),
-    fill=0.35,
+    fill=0.25,
     texture_frequency=2.5,
     saturation=0.5,
     camera_height=(0.7, 1.2),

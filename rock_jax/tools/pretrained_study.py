@@ -83,18 +83,16 @@ SMOKE_STEPS = 4
 SELECTION = 'lr_selection.json'
 PAIRS = (('rock', 'flat_mtl'), ('rock', 'baseline'), ('rock', 'rock_no_aux'))
 
-_ROOT = flags.DEFINE_string('root', 'workdir/study11', 'Parent directory of every run.')
-_OUT = flags.DEFINE_string('out', None, 'The markdown report (default ROOT/REPORT.md).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the TFDS one).')
+# `rock_jax.tools.study` (imported above) already defines --root, --out, --seeds,
+# --variants, --smoke, --data_dir and --nice with the same meaning; they are shared here,
+# with this driver's defaults where they differ (see `_flag`).
+FLAGS = flags.FLAGS
+DEFAULT_ROOT = 'workdir/study11'
 _BACKBONE = flags.DEFINE_string(
   'backbone', None, 'The §1 workdir (default ROOT/backbone); its `backbone/` is used.'
 )
 _PARTS = flags.DEFINE_list('parts', list(PARTS), f'Parts to run, of {PARTS}.')
-_SEEDS = flags.DEFINE_list('seeds', None, 'Seeds (default 0,1,2).')
-_VARIANTS = flags.DEFINE_list('variants', None, f'§2 variants (default {VARIANTS}).')
 _LRS = flags.DEFINE_list('lrs', None, 'Learning-rate grid (default LR_GRID).')
-_SMOKE = flags.DEFINE_bool('smoke', False, 'Smoke configs, a few steps (CI).')
-_NICE = flags.DEFINE_integer('nice', 0, 'Run under `nice -n NICE` (0: no).')
 _PROCESSES = flags.DEFINE_integer('processes', 2, 'Render processes of the §1 crops.')
 
 
@@ -424,27 +422,32 @@ def write_report(path: str, report: Mapping[str, Any]) -> str:
   return text
 
 
+def _flag(name: str, default: Any) -> Any:
+  """A shared flag's value when given on the command line, else this driver's default."""
+  return FLAGS[name].value if FLAGS[name].present else default
+
+
 def main(argv: Sequence[str]) -> None:
   """Runs the missing parts of the study, then writes the report."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  smoke = _SMOKE.value
-  root = _ROOT.value
-  out = _OUT.value or os.path.join(root, 'REPORT.md')
+  smoke = FLAGS.smoke
+  root = _flag('root', DEFAULT_ROOT)
+  out = _flag('out', None) or os.path.join(root, 'REPORT.md')
   if smoke and os.path.abspath(out) == os.path.join(REPO, 'RESULTS.md'):
     raise app.UsageError('A smoke study must not write the repository RESULTS.md.')
   parts = list(_PARTS.value)
   unknown = [p for p in parts if p not in PARTS]
   if unknown:
     raise app.UsageError(f'Unknown parts {unknown}; choose from {PARTS}.')
-  variants = list(_VARIANTS.value or VARIANTS)
+  variants = list(_flag('variants', VARIANTS))
   if [v for v in variants if v not in VARIANTS]:
     raise app.UsageError(f'Variants must be among {VARIANTS}.')
-  seeds = [int(s) for s in (_SEEDS.value or SEEDS)]
+  seeds = [int(s) for s in _flag('seeds', SEEDS)]
   lrs = [float(x) for x in (_LRS.value or LR_GRID)]
   steps = SMOKE_STEPS if smoke else STEPS
   source_steps = SMOKE_STEPS if smoke else SOURCE_STEPS
-  data_dir, nice = _DATA_DIR.value, _NICE.value
+  data_dir, nice = FLAGS.data_dir, FLAGS.nice
   os.makedirs(root, exist_ok=True)
   wall: dict[str, float] = {}
   files: list[tuple[str, str]] = []
@@ -598,9 +601,9 @@ def main(argv: Sequence[str]) -> None:
     flags_used.append(f'--data_dir={data_dir}')
   if smoke:
     flags_used.append('--smoke')
-  if _SEEDS.value:
+  if FLAGS['seeds'].present:
     flags_used.append(f'--seeds={",".join(map(str, seeds))}')
-  if _VARIANTS.value:
+  if FLAGS['variants'].present:
     flags_used.append(f'--variants={",".join(variants)}')
   if _LRS.value:
     flags_used.append(f'--lrs={",".join(f"{x:g}" for x in lrs)}')
