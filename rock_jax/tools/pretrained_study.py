@@ -260,9 +260,14 @@ def _paired_line(label: str, pair: Mapping[str, Any] | None) -> str:
   if pair is None:
     return f'| {label} | n/a | n/a | n/a |'
   per_seed = ', '.join(f'{100 * d:+.1f}' for d in pair['diffs'])
-  agree = f'{max(pair["positive"], pair["negative"])} of {len(pair["diffs"])} ' + (
-    '(a > b)' if pair['positive'] >= pair['negative'] else '(a < b)'
-  )
+  n, positive, negative = len(pair['diffs']), pair['positive'], pair['negative']
+  if positive > negative:
+    agree = f'{positive} of {n} (a > b)'
+  elif negative > positive:
+    agree = f'{negative} of {n} (a < b)'
+  else:
+    agree = f'{positive} > and {negative} < of {n} (no majority)'
+
   return f'| {label} | {study.format_cell(pair["stats"], 100.0, 1)} | {per_seed} | {agree} |'
 
 
@@ -556,6 +561,9 @@ def main(argv: Sequence[str]) -> None:
     timed('source', seconds)
   if source_results is not None:
     report['source_results'] = source_results
+    files.append(
+      (source.name + ' (source validation)', os.path.join(source.workdir, 'results.json'))
+    )
     from configs import synthetic_finetune  # noqa: PLC0415
 
     report['init_exclude'] = tuple(synthetic_finetune.get_config().init_exclude)
