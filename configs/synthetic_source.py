@@ -1,6 +1,6 @@
 """ROCK pretraining on the MLT analog: `synthetic_rooms/source` (issue #11, paper Table 3).
 
-The source set is larger than the demo's (6000 training images), styled differently
+The source set is larger than the demo's (5000 training images against 2500), styled differently
 (lighting, textures, camera range and object mix: `rooms_render.STYLES['source']`) and
 has no scene labels, as MLT has none. So ROCK learns depth and normals only (no scene
 branch), from the §1 backbone (`rock_jax.tools.pretrain_backbone`) with BatchNorm

@@ -10,7 +10,7 @@ Configs:
 - `cpu`: 192x256, 2500 / 250 / 500, for CPU demos and studies;
 - `bench`: 480x640, 64 / 8 / 8, the source of the input pipeline benchmark;
 - `tiny`: 48x64, 8 / 4 / 4, for tests;
-- `source`: 192x256, 6000 / 250 / 250 in the `source` style and without scene labels,
+- `source`: 192x256, 5000 / 250 / 250 in the `source` style and without scene labels,
   seed 1: the MLT analog of issue #11, a larger set whose lighting, textures, camera
   range and object mix differ from the target's (`rooms_render.STYLES`);
 - `source_tiny`: the same at 48x64, 8 / 4 / 4, for tests.
@@ -84,12 +84,12 @@ class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
     SyntheticRoomsConfig(
       name='source',
       description=(
-        '192x256, 6000/250/250 images in the source style (lighting, textures, camera, '
+        '192x256, 5000/250/250 images in the source style (lighting, textures, camera, '
         'object mix), no scene labels: the MLT analog.'
       ),
       height=192,
       width=256,
-      num_train=6000,
+      num_train=5000,
       num_validation=250,
       num_test=250,
       seed=1,
