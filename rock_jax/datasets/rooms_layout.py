@@ -24,6 +24,7 @@ Design of the benchmark (fair, documented, not tuned to any model):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -413,8 +414,20 @@ def _place_chair(rng: np.random.Generator, scene: Scene, obj: int) -> bool:
   return _place_floor(rng, scene, 'chair', obj, against_wall=False)
 
 
-def furnish(rng: np.random.Generator, scene_name: str) -> Scene:
-  """Builds the room, its objects and some unlabelled clutter (door, window, rug)."""
+def furnish(
+  rng: np.random.Generator, scene_name: str, presence: Mapping[str, float] | None = None
+) -> Scene:
+  """Builds the room, its objects and some unlabelled clutter (door, window, rug).
+
+  Args:
+    rng: the only source of randomness.
+    scene_name: one of `SCENES`.
+    presence: optional per-class multipliers of the presence probabilities of
+      `SCENE_OBJECTS` (capped at 1): another object mix. None or {} keeps the table.
+
+  Returns:
+    The furnished room.
+  """
   size = np.array([rng.uniform(3.0, 5.5), rng.uniform(3.0, 5.5), rng.uniform(2.5, 3.0)])
   scene = Scene(size=size)
   mat = scene.material
@@ -466,6 +479,8 @@ def furnish(rng: np.random.Generator, scene_name: str) -> Scene:
                         np.array([c[0] + rw / 2, c[1] + rd / 2, 0.012]), rug, -1))  # fmt: skip
 
   for name, prob, lo, hi in SCENE_OBJECTS[scene_name]:
+    if presence and name in presence:
+      prob = min(1.0, prob * presence[name])
     if rng.random() >= prob:
       continue
     for _ in range(int(rng.integers(lo, hi + 1))):

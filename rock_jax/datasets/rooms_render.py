@@ -17,6 +17,7 @@ benchmark is fair) are laid out in `rooms_layout`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -36,7 +37,7 @@ from rock_jax.datasets.rooms_layout import (
   furnish,
 )
 
-__all__ = ['CLASSES', 'SCENES', 'SCENE_OBJECTS', 'render_scene']
+__all__ = ['CLASSES', 'SCENES', 'SCENE_OBJECTS', 'STYLES', 'RenderStyle', 'render_scene']
 
 MIN_VISIBLE_FRACTION = 0.3  # Of the object's unoccluded pixels in the frame.
 MIN_AREA = 0.003  # Of the image.
@@ -44,22 +45,86 @@ MIN_SIDE = 0.04  # Of the image height / width.
 _EPS = 1e-4
 
 
+@dataclasses.dataclass(frozen=True)
+class RenderStyle:
+  """The look of a rendering: lighting, textures, camera range and object mix.
+
+  The defaults are the target style of every original builder config; a render with
+  them is bit-identical to one made before styles existed (same random draws, same
+  arithmetic). A style draws the same number of random values per primitive as the
+  default, so only its own renders depend on its values.
+
+  Attributes:
+    ambient: range of the ambient light level.
+    direct: range of the ceiling light's strength.
+    tint: range of the per-channel colour cast of the light.
+    fill: strength of the fill light from the camera.
+    texture_frequency: multiplies texture coordinates (> 1: finer patterns).
+    saturation: scales albedo saturation around its grey level (1: unchanged).
+    camera_height: range of the camera height (metres).
+    camera_distance: range of the horizontal distance to the looked-at object (metres).
+    focal: focal length as a fraction of the image width (smaller: wider view).
+    presence: per-class multipliers of the presence probabilities (the object mix),
+      as `((class, multiplier), ...)`.
+  """
+
+  ambient: tuple[float, float] = (0.25, 0.4)
+  direct: tuple[float, float] = (0.6, 0.9)
+  tint: tuple[float, float] = (0.9, 1.1)
+  fill: float = 0.2
+  texture_frequency: float = 1.0
+  saturation: float = 1.0
+  camera_height: tuple[float, float] = (1.1, 1.7)
+  camera_distance: tuple[float, float] = (1.3, 4.5)
+  focal: float = 0.82
+  presence: tuple[tuple[str, float], ...] = ()
+
+
+# 'target': the demo's look. 'source': the MLT analog of issue #11 (a differently styled
+# source set): flat, strongly tinted light; finer, washed-out textures; a lower camera
+# closer to the objects with a wider field of view; more shelves, lamps and sofas, fewer
+# chairs, monitors and sinks.
+STYLES = {
+  'target': RenderStyle(),
+  'source': RenderStyle(
+    ambient=(0.45, 0.6),
+    direct=(0.2, 0.35),
+    tint=(0.75, 1.25),
+    fill=0.25,
+    texture_frequency=2.5,
+    saturation=0.5,
+    camera_height=(0.7, 1.2),
+    camera_distance=(1.0, 3.0),
+    focal=0.62,
+    presence=(
+      ('bookshelf', 1.6),
+      ('lamp', 1.5),
+      ('sofa', 2.0),
+      ('bed', 1.5),
+      ('chair', 0.5),
+      ('monitor', 0.5),
+      ('sink', 0.6),
+    ),  # fmt: skip
+  ),
+}
+
+
 def _camera(
-  rng: np.random.Generator, scene: Scene
+  rng: np.random.Generator, scene: Scene, style: RenderStyle
 ) -> tuple[np.ndarray, np.ndarray] | tuple[None, None]:
   """Picks a camera position and rotation (columns: camera x, y, z axes in world)."""
   size = scene.size
   centres = [(b[0] + b[1]) / 2 for b in scene.boxes if b[3] >= 0]
   target = centres[rng.integers(len(centres))] if centres else size / 2
   for _ in range(40):
-    pos = np.array([*rng.uniform([0.3, 0.3], size[:2] - 0.3), rng.uniform(1.1, 1.7)])
+    pos = np.array([*rng.uniform([0.3, 0.3], size[:2] - 0.3), rng.uniform(*style.camera_height)])
     if any(
       o[0] - 0.3 < pos[0] < o[2] + 0.3 and o[1] - 0.3 < pos[1] < o[3] + 0.3
       for o in scene.footprints
     ):
       continue
     dist = np.linalg.norm(target[:2] - pos[:2])
-    if 1.3 < dist < 4.5:
+    if style.camera_distance[0] < dist < style.camera_distance[1]:
       break
   else:
     return None, None
@@ -332,7 +397,11 @@ def _albedo(
 
 
 def render_scene(
-  rng: np.random.Generator, height: int, width: int, scene_type: int | None = None
+  rng: np.random.Generator,
+  height: int,
+  width: int,
+  scene_type: int | None = None,
+  style: RenderStyle | None = None,
 ) -> dict[str, np.ndarray]:
   """Renders one random room.
 
@@ -341,6 +410,7 @@ def render_scene(
     height: image height in pixels.
     width: image width in pixels.
     scene_type: index into `SCENES`; drawn uniformly when None.
+    style: the look (`STYLES`); None is the target style.
 
   Returns:
     A dict with `image` uint8 `[H, W, 3]`, `depth` float32 `[H, W]` (metres, camera z),
@@ -349,16 +419,17 @@ def render_scene(
     `[M, 4]` normalised `[ymin, xmin, ymax, xmax]`, `labels` int64 `[M]` (index into
     `CLASSES`), `box_instances` int32 `[M]` (the instance id of each box).
   """
+  style = STYLES['target'] if style is None else style
   if scene_type is None:
     scene_type = int(rng.integers(len(SCENES)))
   for attempt in range(8):
-    scene = furnish(rng, SCENES[scene_type])
-    pos, rot = _camera(rng, scene)
+    scene = furnish(rng, SCENES[scene_type], dict(style.presence))
+    pos, rot = _camera(rng, scene, style)
     if pos is None:
       # No free spot at a sensible distance: stand in the middle, look along x.
       pos = np.array([*(scene.size[:2] / 2), 1.4])
       rot = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
-    out = _render(rng, scene, pos, rot, height, width)
+    out = _render(rng, scene, pos, rot, height, width, style)
     # Re-draw the few views that show no labelled object at all (empty rooms teach little).
     if len(out['labels']) or attempt == 7:
       break
@@ -373,9 +444,11 @@ def _render(
   rot: np.ndarray,
   height: int,
   width: int,
+  style: RenderStyle | None = None,
 ) -> dict[str, Any]:
-  """Ray-casts, shades and labels one view."""
-  focal = 0.82 * width  # About 63 degrees of horizontal field of view, like Kinect.
+  """Ray-casts, shades and labels one view (`style` None: the target style)."""
+  style = STYLES['target'] if style is None else style
+  focal = style.focal * width  # About 63 degrees of horizontal field of view, like Kinect.
   ys, xs = np.meshgrid(
     np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing='ij'
   )
@@ -385,9 +458,14 @@ def _render(
   dirs = cam @ rot.T.astype(np.float32)
   tr = _trace(pos, dirs.reshape(height, width, 3), rot, focal, scene)
   p, normal, material, axis, uv = _surface(pos, dirs, tr, scene)
+  if style.texture_frequency != 1.0:  # Skipped at 1 so the target renders stay bit-exact.
+    uv = uv * np.float32(style.texture_frequency)
   albedo, emissive = _albedo(
     p, normal, material, axis, uv, tr['prim'], scene, int(rng.integers(1 << 20))
   )
+  if style.saturation != 1.0:
+    grey = albedo.mean(axis=1, keepdims=True)
+    albedo = np.clip(grey + np.float32(style.saturation) * (albedo - grey), 0, 1)
   # Shading: a ceiling light with fall-off, a weak fill from the camera, ambient.
   light = np.array([*(rng.uniform(0.3, 0.7, 2) * scene.size[:2]), scene.size[2] - 0.1], np.float32)
   to_l = light - p
@@ -395,9 +473,9 @@ def _render(
   lambert = np.maximum((normal * to_l).sum(1) / np.sqrt(dist2 + 1e-9), 0)
   dn = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
   fill = np.maximum(-(normal * dn).sum(1), 0)
-  shade = rng.uniform(0.25, 0.4) + rng.uniform(0.6, 0.9) * lambert / (1 + 0.06 * dist2)
-  shade = shade + 0.2 * fill
-  tint = rng.uniform(0.9, 1.1, 3)
+  shade = rng.uniform(*style.ambient) + rng.uniform(*style.direct) * lambert / (1 + 0.06 * dist2)
+  shade = shade + style.fill * fill
+  tint = rng.uniform(*style.tint, 3)
   rgb = albedo * shade[:, None] * tint
   rgb = np.where(emissive[:, None], albedo, rgb)
   noise = rng.standard_normal((height, width, 3), np.float32) * rng.uniform(0.01, 0.03)

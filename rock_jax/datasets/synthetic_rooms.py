@@ -9,7 +9,11 @@ Configs:
 - `default`: 480x640, 4000 / 500 / 1000 (train / validation / test) images;
 - `cpu`: 192x256, 2500 / 250 / 500, for CPU demos and studies;
 - `bench`: 480x640, 64 / 8 / 8, the source of the input pipeline benchmark;
-- `tiny`: 48x64, 8 / 4 / 4, for tests.
+- `tiny`: 48x64, 8 / 4 / 4, for tests;
+- `source`: 192x256, 5000 / 250 / 250 in the `source` style and without scene labels,
+  seed 1: the MLT analog of issue #11, a larger set whose lighting, textures, camera
+  range and object mix differ from the target's (`rooms_render.STYLES`);
+- `source_tiny`: the same at 48x64, 8 / 4 / 4, for tests.
 Other sizes: `SyntheticRooms(config=SyntheticRoomsConfig(name=..., height=..., ...))`.
 
 Load (and build on first use, which renders locally):
@@ -41,6 +45,8 @@ class SyntheticRoomsConfig(tfds.core.BuilderConfig):
   num_validation: int = 500
   num_test: int = 1000
   seed: int = 0
+  style: str = 'target'  # A key of `rooms_render.STYLES`.
+  scene_labels: bool = True  # False: no `scene` feature (as MLT).
 
 
 class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
@@ -75,6 +81,33 @@ class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
       num_validation=4,
       num_test=4,
     ),
+    SyntheticRoomsConfig(
+      name='source',
+      description=(
+        '192x256, 5000/250/250 images in the source style (lighting, textures, camera, '
+        'object mix), no scene labels: the MLT analog.'
+      ),
+      height=192,
+      width=256,
+      num_train=5000,
+      num_validation=250,
+      num_test=250,
+      seed=1,
+      style='source',
+      scene_labels=False,
+    ),
+    SyntheticRoomsConfig(
+      name='source_tiny',
+      description='48x64, 8/4/4 images in the source style, no scene labels, for tests.',
+      height=48,
+      width=64,
+      num_train=8,
+      num_validation=4,
+      num_test=4,
+      seed=1,
+      style='source',
+      scene_labels=False,
+    ),
   ]
   DEFAULT_CONFIG_NAME = 'default'
 
@@ -88,7 +121,10 @@ class SyntheticRooms(tfds.core.GeneratorBasedBuilder):
         'z) and camera-frame normals (x right, y down, z forward).'
       ),
       features=features.example_features(
-        h, w, rooms_render.CLASSES, scene_names=rooms_render.SCENES
+        h,
+        w,
+        rooms_render.CLASSES,
+        scene_names=rooms_render.SCENES if self.builder_config.scene_labels else None,
       ),
       homepage='https://github.com/rock_jax',
     )
@@ -115,14 +151,15 @@ def render_example(config: SyntheticRoomsConfig, split: str, index: int) -> dict
     index: position in the split.
 
   Returns:
-    The example dict (`image`, `depth`, `normals`, `normals_mask`, `scene`, `objects`,
-    `image_id`).
+    The example dict (`image`, `depth`, `normals`, `normals_mask`, `scene` unless the
+    config has no scene labels, `objects`, `image_id`).
   """
   rng = np.random.default_rng([config.seed, _SPLITS.index(split), index])
-  out = rooms_render.render_scene(rng, config.height, config.width)
+  style = rooms_render.STYLES[config.style]
+  out = rooms_render.render_scene(rng, config.height, config.width, style=style)
   # Depth to the millimetre: exact enough, and zlib compresses it much better.
   depth = np.round(out['depth'] * 1000.0) / 1000.0
-  return {
+  example = {
     'image': out['image'],
     'depth': depth.astype(np.float32),
     'normals': out['normals'],
@@ -134,6 +171,9 @@ def render_example(config: SyntheticRoomsConfig, split: str, index: int) -> dict
     },
     'image_id': _ID_OFFSET[split] + index,
   }
+  if not config.scene_labels:
+    del example['scene']
+  return example
 
 
 def load_builder(
