@@ -65,7 +65,7 @@ class Detector(nn.Module):
         extra_task_convs=config.rock.extra_task_convs,
         post_fusion_bn_relu=config.rock.post_fusion_bn_relu,
         conv_bias=config.rock.get('conv_bias', False),
-        bn_momentum=config.backbone.bn_momentum,
+        bn_momentum=config.rock.get('bn_momentum') or config.backbone.bn_momentum,
         dtype=dtype,
         name='rock',
       )
@@ -81,7 +81,7 @@ class Detector(nn.Module):
       prior_pi=config.ssd.prior_pi,
       extras_bn=config.ssd.get('extras_bn', True),
       extras_conv_bias=config.ssd.get('extras_conv_bias', False),
-      bn_momentum=config.backbone.bn_momentum,
+      bn_momentum=config.ssd.get('bn_momentum') or config.backbone.bn_momentum,
       dtype=dtype,
       name='ssd',
     )(x, train=train)
