@@ -165,6 +165,28 @@ def test_forward_matches_reference(recipe, variant, tmp_path):
     assert error <= 1e-4, f'{variant} {name}: relative error {error:.2e}'
 
 
+def test_head_batchnorm_momentum_is_the_references():
+  """PyTorch momentum 0.01 in the ROCK block and SSD extras: new = 0.99 old + 0.01 batch.
+
+  From zero running means, one training step leaves 0.01 x the batch mean; with the
+  backbone's momentum (Flax 0.9) it would be 0.1 x the same batch mean: 10 times more.
+  """
+  config = rock_pytorch.get_config('smoke')
+  images = jax.random.normal(jax.random.key(0), (2, *config.data.image_size, 3))
+  variables = detector.build_model(config).init(jax.random.key(1), images, train=False)
+  means = {}
+  for momentum in (0.99, None):
+    config.model.rock.bn_momentum = config.model.ssd.bn_momentum = momentum
+    _, updates = detector.build_model(config).apply(
+      variables, images, train=True, mutable=['batch_stats']
+    )
+    stats = updates['batch_stats']
+    means[momentum] = [stats['rock']['fusion_bn']['mean'], stats['ssd']['extra1_bn']['mean']]
+  for reference, backbone in zip(means[0.99], means[None], strict=True):
+    np.testing.assert_allclose(10 * np.asarray(reference), backbone, rtol=1e-3, atol=1e-7)
+    assert np.abs(reference).max() > 1e-3
+
+
 SMOKE_DATA = (
   '--config.data.name=synthetic_rooms',
   '--config.data.builder_config=tiny',

@@ -65,6 +65,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.rock.extra_task_convs = False  # Reference option: 1x1/3x3/1x1 per task before K_t conv.
   model.rock.post_fusion_bn_relu = False  # Reference option: BN + ReLU after fusion.
   model.rock.conv_bias = False  # Reference option: conv biases before the BatchNorms.
+  # Flax BatchNorm momentum of the block; None = model.backbone.bn_momentum.
+  model.rock.bn_momentum = ml_collections.config_dict.placeholder(float)
 
   model.ssd = ml_collections.ConfigDict()
   # Extra feature maps after conv5: (1x1 mid width, 3x3 stride-2 output width) each, every
@@ -80,6 +82,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.ssd.extra_layers = ((128, 256), (128, 256), (64, 128), (64, 128), (64, 128), (64, 128))
   model.ssd.extras_bn = True  # BN + ReLU in the extras (ResNet-SSD); False: conv + bias + ReLU.
   model.ssd.extras_conv_bias = False  # Reference option: conv biases before the BatchNorms.
+  model.ssd.bn_momentum = ml_collections.config_dict.placeholder(float)  # None: the backbone's.
   # Default boxes: one scale per map plus one (for the extra square box sqrt(s_k s_k+1)).
   model.ssd.scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05, 1.2)
   # Boxes per location: 2 squares + (r, 1/r) per ratio.

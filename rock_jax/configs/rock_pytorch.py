@@ -2,7 +2,8 @@
 
 Built from the same modules as the paper configuration, with the reference's options:
 - ROCK block: per-task 1x1 / 3x3 / 1x1 convs before each task's encoding conv, BN + ReLU
-  after the fusion, and conv biases before every BatchNorm;
+  after the fusion, and conv biases before every BatchNorm; BatchNorm momentum 0.01 in
+  PyTorch terms (Flax 0.99) there and in the SSD extras;
 - SSD head: 5 extra layers of widths (1024, 1024), (256, 512), (128, 256), (128, 256),
   (128, 256) with conv biases; the 4th spatial conv is 3x3 and the 5th 2x3, both stride 1
   and unpadded, so the 6 maps at 480x640 are 30x40, 15x20, 8x10, 4x5, 2x3 and 1x1;
@@ -36,6 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   model.rock.extra_task_convs = True
   model.rock.post_fusion_bn_relu = True
   model.rock.conv_bias = True
+  model.rock.bn_momentum = 0.99  # PyTorch momentum 0.01 in the block and the SSD extras.
   ssd = model.ssd
   # (mid, out) or (mid, out, kernel, stride, padding) of each extra layer.
   ssd.extra_layers = (
@@ -46,6 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     (128, 256, (2, 3), 1, 0),
   )
   ssd.extras_conv_bias = True
+  ssd.bn_momentum = 0.99
   ssd.scales = (0.07, 0.15, 0.33, 0.51, 0.69, 0.87, 1.05)
   ssd.aspect_ratios = ((2,), (2, 3), (2, 3), (2, 3), (2,), (2,))
   # (step_h, step_w) in pixels; 213 is the reference's, not 640 / 3.
