@@ -24,7 +24,8 @@ def test_classify_forward_backward_and_loss():
       y = lax.conv_general_dilated(x, k3, (1, 1), 'SAME', dimension_numbers=dn)
       y = jnp.tanh(jnp.einsum('nhwc,cd->nhwd', y, w))
       with jax.named_scope('loss'):
-        return jnp.mean(y**2)
+        # A sort (as the hard-negative mining) is not fused into the model's ops.
+        return jnp.sort(y.reshape(-1))[-10:].sum()
 
     grads = jax.grad(loss, argnums=(0, 1))(k3, w)
     # An "optimizer": outside the differentiated function.
@@ -38,7 +39,7 @@ def test_classify_forward_backward_and_loss():
   assert ('conv 3x3 (kernel grad)', 'backward') in classes
   assert any(what == 'dot (matmul)' for what in whats)
   assert {'forward', 'backward'} <= whens
-  assert 'loss' in whens or 'optimizer and metrics' in whens
+  assert {'loss', 'optimizer and metrics'} <= whens
 
 
 def test_markdown_table_sums():
