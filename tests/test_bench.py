@@ -34,13 +34,34 @@ def test_markdown_table_ratios():
   table = bench.markdown_table(measurements, batch=8, header='Device: test')
   lines = table.splitlines()
   assert lines[0] == 'Device: test'
-  assert '| baseline | float32 | 27.800M | 200 | 57.0 | 20.00 | 5.00 |' in lines
+  assert '| baseline | float32 | conv | 27.800M | 200 | 57.0 | 20.00 | 5.00 |' in lines
   [ratio] = [line for line in lines if line.startswith('| **ROCK / baseline**')]
   cells = [c.strip() for c in ratio.strip('|').split('|')]
-  assert cells[2] == 'x1.173 (+17.3 %)'  # Parameters.
-  assert cells[4] == 'x1.070 (+7.0 %)'  # ms/image.
-  assert cells[5] == 'x1.250 (+25.0 %)'  # Time per image from the throughputs.
-  assert cells[6] == 'x1.250 (+25.0 %)'
+  assert cells[3] == 'x1.173 (+17.3 %)'  # Parameters.
+  assert cells[5] == 'x1.070 (+7.0 %)'  # ms/image.
+  assert cells[6] == 'x1.250 (+25.0 %)'  # Time per image from the throughputs.
+  assert cells[7] == 'x1.250 (+25.0 %)'
+
+
+def test_markdown_table_compares_1x1_modes():
+  # Each later mode of a variant is compared with its first one (the old path), and
+  # ROCK with the baseline of the same mode.
+  m = bench.Measurement
+  measurements = [
+    m('baseline', 'float32', 10, 1e9, 50.0, 20.0, 1.0, 'conv'),
+    m('baseline', 'float32', 10, 1e9, 40.0, 25.0, 2.0, 'dot'),
+    m('rock', 'float32', 12, 1.2e9, 60.0, 16.0, 0.8, 'conv'),
+    m('rock', 'float32', 12, 1.2e9, 45.0, 20.0, 1.6, 'dot'),
+  ]
+  lines = bench.markdown_table(measurements, batch=2).splitlines()
+  rows = {line.split('|')[1].strip(): line for line in lines if line.startswith('| **')}
+  assert set(rows) == {'**baseline: dot / conv**', '**rock: dot / conv**', '**ROCK / baseline**'}
+  cells = [c.strip() for c in rows['**rock: dot / conv**'].strip('|').split('|')]
+  assert cells[5] == 'x0.750 (-25.0 %)'  # 45 / 60 ms per image.
+  assert cells[7] == 'x0.500 (-50.0 %)'  # Training: twice the images/s.
+  ratios = [line for line in lines if line.startswith('| **ROCK / baseline**')]
+  assert [line.split('|')[3].strip() for line in ratios] == ['conv', 'dot']
+  assert 'x0.800 (-20.0 %)' in ratios[1]  # ROCK dot (1.6) vs baseline dot (2.0).
 
 
 def test_synthetic_batch_feeds_the_real_loss():
@@ -77,6 +98,9 @@ def test_benchmark_smoke():
 
 
 def test_train_step_throughput():
-  config = bench.variant_config(nyuv2.get_config('smoke'), 'rock', image_size=(32, 48))
+  config = bench.variant_config(
+    nyuv2.get_config('smoke'), 'rock', image_size=(32, 48), conv_1x1='dot'
+  )
+  assert config.model.conv_1x1 == 'dot' and bench.conv_1x1_name(config) == 'dot'
   seconds = bench.train_seconds(config, 2, iters=1, warmup=1)
   assert 0 < seconds < 60

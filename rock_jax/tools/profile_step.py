@@ -11,9 +11,10 @@ compiled step by its HLO:
   dots (matrix multiplies, which is what 1x1 convs become with `conv_1x1='dot'`), and
   the rest (elementwise fusions: BatchNorm, ReLU, adds; copies and transposes; sorts);
 - when, from the op's name stack: forward (`jvp(...)`), backward (`transpose(...)`),
-  the loss (the loss function runs in a `loss` named scope), or the rest of the step
-  (optimizer update, gradient norm, metrics); a backward convolution whose output is a
-  kernel (`...->01io`) is the kernel gradient, otherwise the input gradient.
+  the loss, forward and backward (the loss function runs in a `loss` named scope), or the rest of the step
+  (optimizer update, gradient norm, metrics). XLA:CPU computes a kernel gradient as a
+  convolution whose window is the whole map (see `_convolution_kind`); the other
+  backward convolutions are input gradients.
 Host-to-device transfer of the batch (`shard_batch`) is timed on its own.
 
 Per-op times are summed over the traced steps and divided by their number. XLA:CPU can
@@ -54,7 +55,7 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
     text: `compiled.as_text()`.
 
   Returns:
-    name -> {'opcode', 'computation', 'op_name', 'calls', 'attrs'}.
+    name -> {'opcode', 'computation', 'op_name', 'calls', 'attrs', 'type'}.
   """
   out, computation = {}, ''
   for line in text.splitlines():
@@ -65,7 +66,7 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
     match = _INSTRUCTION.match(line)
     if not match:
       continue
-    name, _, opcode, rest = match.groups()
+    name, type_, opcode, rest = match.groups()
     op_name = re.search(r'op_name="([^"]*)"', rest)
     calls = re.search(r'calls=%([\w.\-]+)', rest)
     out[name] = {
@@ -74,16 +75,25 @@ def parse_hlo(text: str) -> dict[str, dict[str, Any]]:
       'op_name': op_name.group(1) if op_name else '',
       'calls': calls.group(1) if calls else None,
       'attrs': rest,
+      'type': type_,
     }
   return out
 
 
-def _convolution_kind(attrs: str) -> str:
-  window = re.search(r'window=\{size=(\d+)x(\d+)', attrs)
-  size = f'{window.group(1)}x{window.group(2)}' if window else '1x1'
-  labels = re.search(r'dim_labels=\S*->(\w+)', attrs)
-  kernel_out = labels is not None and 'i' in labels.group(1) and 'o' in labels.group(1)
-  return f'conv {size}' + (' (kernel grad)' if kernel_out else '')
+def _convolution_kind(inst: Mapping[str, Any]) -> str:
+  """'conv KxK', or 'conv KxK (kernel grad)' for a kernel gradient.
+
+  XLA:CPU rewrites the kernel gradient of a convolution as a convolution whose window is
+  the whole output map (larger than any kernel) and whose result `[Cin, K, K, Cout]` is
+  the kernel, transposed; it also drops its name stack.
+  """
+  window = re.search(r'window=\{size=(\d+)x(\d+)', inst['attrs'])
+  size = (int(window.group(1)), int(window.group(2))) if window else (1, 1)
+  if max(size) <= 7:
+    return f'conv {size[0]}x{size[1]}'
+  shape = re.search(r'\[(\d+),(\d+),(\d+),(\d+)\]', inst['type'])
+  kernel = f'{shape.group(2)}x{shape.group(3)}' if shape else '?'
+  return f'conv {kernel} (kernel grad)'
 
 
 def classify(name: str, hlo: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]:
@@ -95,7 +105,7 @@ def classify(name: str, hlo: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]
     members = [i for i in hlo.values() if i['computation'] == inst['calls']]
   convs = [m for m in members if m['opcode'] == 'convolution']
   if convs:
-    what = _convolution_kind(convs[0]['attrs'])
+    what = _convolution_kind(convs[0])
   elif any(m['opcode'] == 'dot' for m in members):
     what = 'dot (matmul)'
   elif inst['opcode'] == 'fusion':
@@ -103,16 +113,15 @@ def classify(name: str, hlo: Mapping[str, Mapping[str, Any]]) -> tuple[str, str]
   elif inst['opcode'] in ('copy', 'transpose', 'bitcast', 'reshape', 'copy-start', 'copy-done'):
     what = 'copy / transpose'
   op_name = inst['op_name'] or next((m['op_name'] for m in members if m['op_name']), '')
-  if '/loss/' in op_name or op_name.endswith('/loss'):
+  # The named scope shows as `jvp(loss)` (and `transpose(jvp(loss))` for its gradient).
+  if 'jvp(loss)' in op_name or '/loss/' in op_name:
     when = 'loss'
-  elif 'transpose(' in op_name:
+  elif 'transpose(' in op_name or what.endswith('(kernel grad)'):
     when = 'backward'
   elif 'jvp(' in op_name:
     when = 'forward'
   else:
     when = 'optimizer and metrics'
-  if when == 'forward' and what.endswith('(kernel grad)'):
-    what = what.removesuffix(' (kernel grad)')
   if when == 'backward' and what.startswith('conv') and not what.endswith('(kernel grad)'):
     what += ' (input grad)'
   return what, when
@@ -144,11 +153,13 @@ def profile(
 
   Returns:
     {'step_s': median wall seconds of a traced step, 'transfer_s': seconds to put the
-    host batch on the device, 'ops': {(what, when): seconds per step}}.
+    host batch on the device, 'ops': {(what, when): seconds per step}, 'f64_values' and
+    'host_callbacks': float64 values and host callbacks in the compiled step's HLO}.
   """
   step_fn, state, data, rng, mesh = bench.build_train_step(config, batch, loss_fn=_scoped_loss)
   with jax.set_mesh(mesh):
-    hlo = parse_hlo(step_fn.lower(state, data, rng).compile().as_text())
+    text = step_fn.lower(state, data, rng).compile().as_text()
+    hlo = parse_hlo(text)
     for _ in range(warmup):
       state, metrics = step_fn(state, data, rng)
       jax.block_until_ready(metrics['loss'])
@@ -170,7 +181,14 @@ def profile(
   for event in events:
     if event['name'] in hlo:
       ops[classify(event['name'], hlo)] += event['dur'] * 1e-6 / steps
-  return {'step_s': float(np.median(times)), 'transfer_s': transfer, 'ops': dict(ops)}
+  return {
+    'step_s': float(np.median(times)),
+    'transfer_s': transfer,
+    'ops': dict(ops),
+    # Levers the issue names: no float64 anywhere, no host callback inside the step.
+    'f64_values': text.count('f64['),
+    'host_callbacks': len(re.findall(r'custom_call_target="[^"]*callback', text)),
+  }
 
 
 def markdown_table(result: Mapping[str, Any], *, header: str = '') -> str:
@@ -201,6 +219,11 @@ def markdown_table(result: Mapping[str, Any], *, header: str = '') -> str:
     f'Ops total {total * 1e3:.0f} ms per step; step wall time {result["step_s"] * 1e3:.0f} ms '
     f'(median); host-to-device transfer of the batch {result["transfer_s"] * 1e3:.1f} ms.'
   )
+  if 'f64_values' in result:
+    lines.append(
+      f'Compiled step: {result["f64_values"]} float64 values, '
+      f'{result["host_callbacks"]} host callbacks.'
+    )
   return '\n'.join(lines) + '\n'
 
 
