@@ -250,7 +250,8 @@ def test_cli(resnet18_state, tmp_path):
   assert not os.path.exists(tmp_path / 'out2')
 
 
-def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path):
+@pytest.mark.slow
+def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path, monkeypatch):
   """importer output -> `config.init_backbone` -> the trainer's first checkpoint."""
   from configs import synthetic
   from rock_jax import checkpoints, train
@@ -267,11 +268,28 @@ def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path):
 
   config = synthetic.get_config('smoke')
   config.model.backbone.update(depth=18, width=64, stage_sizes=(), freeze_bn_stats=True)
-  config.init_backbone = weights
+  config.init_backbone = 'weights'  # Relative: taken from the current directory.
   config.train.update(num_steps=1, learning_rate=0.0, checkpoint_every=1, eval_every=1)
   config.eval.num_panels = 0
+  config.data.test_split = ''  # The validation evaluation is enough here.
   workdir = str(tmp_path / 'run')
+
+  # The BatchNorm statistics the train step itself receives (and, frozen, normalises with).
+  seen = []
+  step = train.train_step
+
+  def recording_step(state, batch, rng, **kwargs):
+    var = state.batch_stats['backbone']['stage3_block2']['bn1']['var']
+    jax.debug.callback(lambda v: seen.append(np.asarray(v)), var)
+    return step(state, batch, rng, **kwargs)
+
+  monkeypatch.setattr(train, 'train_step', recording_step)
+  monkeypatch.chdir(tmp_path)
   train.train_and_evaluate(config, workdir)
+  imported = resnet18_state['layer3.1.bn1.running_var']
+  assert len(seen) == 1
+  np.testing.assert_allclose(seen[0], imported)
+  assert not np.allclose(imported, 1.0)  # Fresh statistics would be all ones.
 
   # With a zero learning rate and frozen backbone statistics, step 1 still holds the import.
   variables = checkpoints.load_variables(workdir)
@@ -282,6 +300,27 @@ def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path):
   np.testing.assert_allclose(
     np.asarray(variables['batch_stats']['backbone']['stage3_block2']['bn1']['var']),
     resnet18_state['layer3.1.bn1.running_var'],
+  )
+
+
+@pytest.mark.parametrize('batches_tracked', [False, True])
+def test_timm_safetensors_load_as_they_are(tmp_path, batches_tracked):
+  """timm's ResNet-50 `model.safetensors`: torchvision's names plus `fc`, read unchanged."""
+  state = _torchvision_state(50, np.random.default_rng(2))
+  assert 'fc.weight' in state and 'fc.bias' in state
+  if not batches_tracked:
+    state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
+  path = str(tmp_path / 'model.safetensors')  # The file name timm publishes.
+  save_file(state, path)
+  out = str(tmp_path / 'r50')
+  import_weights.save(import_weights.import_file(path, 'torchvision', depth=50), out)
+  loaded = import_weights.load_backbone(out)
+  np.testing.assert_array_equal(
+    loaded['params']['stage4_block3']['conv3']['kernel'],
+    state['layer4.2.conv3.weight'].transpose(2, 3, 1, 0),
+  )
+  np.testing.assert_array_equal(
+    loaded['batch_stats']['stage2_block4']['bn2']['mean'], state['layer2.3.bn2.running_mean']
   )
 
 
