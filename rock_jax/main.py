@@ -107,12 +107,15 @@ def main(argv: Sequence[str]) -> None:
   logging.get_absl_handler().addFilter(quiet_orbax)
   console.configure()
   if _DISTRIBUTED.value == 'on' or (_DISTRIBUTED.value == 'auto' and is_multihost()):
+    # One voice: host 0 logs progress, the others only warnings and errors (quiet until
+    # this process knows which host it is).
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.WARNING)
     jax.distributed.initialize(
       **distributed_args(), heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value
     )
-  if jax.process_index() > 0:
-    # One voice: host 0 logs progress; the others only warnings and errors.
-    logging.set_verbosity(logging.WARNING)
+    if jax.process_index() == 0:
+      logging.set_verbosity(verbosity)
   logging.info(
     'JAX process %d / %d, %d local / %d global devices (%s).',
     jax.process_index(),
