@@ -93,3 +93,13 @@ def test_low_scores_give_no_detections():
   assert (np.asarray(out['num']) == 0).all()
   assert (np.asarray(out['scores']) == 0).all()
   assert out['boxes'].shape == (2, 10, 4)
+
+
+def test_sorted_top_k_is_lax_top_k():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 5, (3, 4, 30)).astype(np.float32) / 4  # Many ties.
+  x[0, 0, :] = 0.0
+  want = jax.lax.top_k(jnp.asarray(x), 7)
+  got = postprocess.sorted_top_k(jnp.asarray(x), 7)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])
