@@ -133,3 +133,13 @@ def test_clipping_order_on_two_border_boxes():
   unclipped = jax.tree.map(np.asarray, run(False))
   assert int(unclipped['num'][0]) == 2
   np.testing.assert_allclose(unclipped['boxes'][0, :2], [[0.2, 0.0, 0.4, 0.5]] * 2, atol=1e-6)
+
+
+def test_sorted_top_k_is_lax_top_k():
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 5, (3, 4, 30)).astype(np.float32) / 4  # Many ties.
+  x[0, 0, :] = 0.0
+  want = jax.lax.top_k(jnp.asarray(x), 7)
+  got = postprocess.sorted_top_k(jnp.asarray(x), 7)
+  np.testing.assert_array_equal(got[0], want[0])
+  np.testing.assert_array_equal(got[1], want[1])

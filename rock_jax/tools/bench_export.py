@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
@@ -97,6 +97,7 @@ def bench(checkpoint, out: epath.Path, *, batch: int, iters: int, warmup: int) -
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  logging.set_verbosity(logging.ERROR)  # Orbax logs every save and restore at INFO.
   workdir = epath.Path(flags.FLAGS.workdir)
   checkpoint = flags.FLAGS.checkpoint
   if checkpoint is None:
