@@ -283,12 +283,19 @@ def _metrics_table(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> l
   return lines
 
 
+def _eval_ratio(scale: Mapping[str, Any]) -> str:
+  ratio = scale.get('eval_mode', {}).get('ratio_sum_to_conv5')
+  return '-' if ratio is None else f'{ratio:.3g}'
+
+
 def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
   lines = [
-    '### Decoder output scale against conv5 (RMS, training mode, first training batch)',
+    '### Decoder output scale against conv5 (RMS on the first training batch; training mode, '
+    'and eval mode with the BatchNorm running statistics)',
     '',
-    '| Run | conv5 init | decoders init | ratio init | conv5 end | decoders end | ratio end |',
-    '|:---|---:|---:|---:|---:|---:|---:|',
+    '| Run | conv5 init | decoders init | ratio init | conv5 end | decoders end | ratio end '
+    '| ratio init (eval) | ratio end (eval) |',
+    '|:---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
   for name, d in diagnoses.items():
     i, e = d['init']['scale'], d['end']['scale']
@@ -297,7 +304,7 @@ def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines.append(
       f'| {name} | {i["conv5_rms"]:.3g} | {i["decoders_sum_rms"]:.3g} | '
       f'{i["ratio_sum_to_conv5"]:.3g} | {e["conv5_rms"]:.3g} | {e["decoders_sum_rms"]:.3g} | '
-      f'{e["ratio_sum_to_conv5"]:.3g} |'
+      f'{e["ratio_sum_to_conv5"]:.3g} | {_eval_ratio(i)} | {_eval_ratio(e)} |'
     )
   lines += [
     '',
