@@ -33,6 +33,12 @@ of 320k for MLT), the §1 backbone with frozen BatchNorm statistics.
 
 `--smoke` runs the same parts on the smoke configs (tiny renders, a few steps) for CI;
 it refuses to write the repository's RESULTS.md.
+
+Flags: `--root`, `--out`, `--seeds`, `--variants`, `--smoke`, `--data_dir` and `--nice`
+are the flags `rock_jax.tools.study` defines (this module imports its helpers), with
+this driver's defaults when not given; study's `--steps` and `--set` are ignored here
+(the budget is part of the protocol). Own flags: `--backbone`, `--parts`, `--lrs`,
+`--processes`.
 """
 
 from __future__ import annotations
