@@ -10,9 +10,12 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 
 import cached_env
 import pytest
+from absl import flags
+from ml_collections import config_flags
 
 from configs import nyuv2_finetune, synthetic_finetune
 from rock_jax.tools import pretrained_study as ps
@@ -138,3 +141,40 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path):
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'training' not in second.stdout and 'reusing' in second.stdout
   assert '| ROCK | 1 | 43.2 |' in out.read_text()
+
+
+def _parse(run):
+  """The config of a run, parsed from its command line as `rock_jax.main` parses it."""
+  argv = ['prog', *run.args(None)[2:]]
+  argv = [a for a in argv if not a.startswith('--workdir=')]
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=argv)
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'the load_module', DeprecationWarning)
+    flag_values(argv)
+  return flag_values.config
+
+
+def test_real_run_commands_parse_to_the_protocol():
+  runs = [ps.lr_run('R', 'B', 1e-4, ps.STEPS, False)]
+  runs += [ps.table1_run('R', 'B', v, 0, 1e-4, ps.STEPS, False) for v in ps.VARIANTS]
+  source = ps.source_run('R', 'B', 1e-4, ps.SOURCE_STEPS, False)
+  runs += [source, ps.finetune_run('R', source.workdir, 0, 1e-4, ps.STEPS, False)]
+  for run in runs:
+    config = _parse(run)
+    assert config.train.learning_rate == 1e-4 and config.train.optimizer == 'adam'
+    assert config.train.num_steps == run.steps
+    assert tuple(config.train.lr_boundaries) == ps.boundaries(run.steps)
+    assert config.model.backbone.freeze_bn_stats is True
+    assert config.model.backbone.depth == 18 and config.model.backbone.width == 32
+    assert tuple(config.data.image_size) == (144, 192) and config.train.batch_size == 16
+  no_aux = _parse(runs[1 + ps.VARIANTS.index('rock_no_aux')])
+  assert no_aux.model.variant == 'rock'
+  assert (no_aux.loss.weights.scene, no_aux.loss.weights.depth) == (0.0, 0.0)
+  assert no_aux.loss.weights.normals == 0.0 and no_aux.loss.weights.cls == 1.0
+  src = _parse(source)
+  assert src.data.builder_config == 'source' and src.model.tasks == 'depth,normals'
+  assert src.init_backbone == 'B'
+  ft = _parse(runs[-1])
+  assert ft.data.builder_config == 'cpu' and ft.init_from == source.workdir
+  assert ft.data.eval_split == 'test' and ft.init_backbone is None

@@ -114,17 +114,15 @@ def _norm(tree: Any) -> float:
   return float(np.sqrt(sum(float(jnp.sum(jnp.square(x))) for x in leaves))) if leaves else 0.0
 
 
-def measure(
-  config: ml_collections.ConfigDict,
+def _scales(
   model: detector.Detector,
   variables: Mapping[str, Any],
-  batch: Mapping[str, np.ndarray],
+  images: np.ndarray,
+  *,
+  train: bool,
+  with_aux: bool,
 ) -> dict[str, Any]:
-  """Decoder-output scales and per-task gradient norms into the shared trunk."""
-  variant = config.model.variant
-  with_aux = variant != 'baseline'
-  names = ['cls', 'loc', *losses.parse_tasks(config.model.tasks)]
-  weights = config.loss.weights
+  """RMS of conv5, of each ROCK decoder output, of their sum, and sum / conv5."""
 
   def is_probe(module, method_name):
     return method_name == '__call__' and (
@@ -133,8 +131,8 @@ def measure(
 
   _, state = model.apply(
     dict(variables),
-    batch['image'],
-    train=True,
+    images,
+    train=train,
     with_aux=with_aux,
     mutable=['batch_stats', 'intermediates'],
     capture_intermediates=is_probe,
@@ -152,6 +150,23 @@ def measure(
     scale.update({f'{t}_dec_rms': _rms(v) for t, v in decoders.items()})
     scale['decoders_sum_rms'] = _rms(total)
     scale['ratio_sum_to_conv5'] = scale['decoders_sum_rms'] / max(scale['conv5_rms'], 1e-12)
+  return scale
+
+
+def measure(
+  config: ml_collections.ConfigDict,
+  model: detector.Detector,
+  variables: Mapping[str, Any],
+  batch: Mapping[str, np.ndarray],
+) -> dict[str, Any]:
+  """Decoder-output scales and per-task gradient norms into the shared trunk."""
+  variant = config.model.variant
+  with_aux = variant != 'baseline'
+  names = ['cls', 'loc', *losses.parse_tasks(config.model.tasks)]
+  weights = config.loss.weights
+
+  scale = _scales(model, variables, batch['image'], train=True, with_aux=with_aux)
+  scale['eval_mode'] = _scales(model, variables, batch['image'], train=False, with_aux=with_aux)
 
   def parts_vector(params):
     outputs, _ = model.apply(

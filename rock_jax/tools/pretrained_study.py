@@ -33,6 +33,12 @@ of 320k for MLT), the §1 backbone with frozen BatchNorm statistics.
 
 `--smoke` runs the same parts on the smoke configs (tiny renders, a few steps) for CI;
 it refuses to write the repository's RESULTS.md.
+
+Flags: `--root`, `--out`, `--seeds`, `--variants`, `--smoke`, `--data_dir` and `--nice`
+are the flags `rock_jax.tools.study` defines (this module imports its helpers), with
+this driver's defaults when not given; study's `--steps` and `--set` are ignored here
+(the budget is part of the protocol). Own flags: `--backbone`, `--parts`, `--lrs`,
+`--processes`.
 """
 
 from __future__ import annotations
@@ -283,12 +289,19 @@ def _metrics_table(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> l
   return lines
 
 
+def _eval_ratio(scale: Mapping[str, Any]) -> str:
+  ratio = scale.get('eval_mode', {}).get('ratio_sum_to_conv5')
+  return '-' if ratio is None else f'{ratio:.3g}'
+
+
 def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
   lines = [
-    '### Decoder output scale against conv5 (RMS, training mode, first training batch)',
+    '### Decoder output scale against conv5 (RMS on the first training batch; training mode, '
+    'and eval mode with the BatchNorm running statistics)',
     '',
-    '| Run | conv5 init | decoders init | ratio init | conv5 end | decoders end | ratio end |',
-    '|:---|---:|---:|---:|---:|---:|---:|',
+    '| Run | conv5 init | decoders init | ratio init | conv5 end | decoders end | ratio end '
+    '| ratio init (eval) | ratio end (eval) |',
+    '|:---|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
   for name, d in diagnoses.items():
     i, e = d['init']['scale'], d['end']['scale']
@@ -297,7 +310,7 @@ def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     lines.append(
       f'| {name} | {i["conv5_rms"]:.3g} | {i["decoders_sum_rms"]:.3g} | '
       f'{i["ratio_sum_to_conv5"]:.3g} | {e["conv5_rms"]:.3g} | {e["decoders_sum_rms"]:.3g} | '
-      f'{e["ratio_sum_to_conv5"]:.3g} |'
+      f'{e["ratio_sum_to_conv5"]:.3g} | {_eval_ratio(i)} | {_eval_ratio(e)} |'
     )
   lines += [
     '',
