@@ -1,6 +1,7 @@
 """Executes notebooks/inspect_params.ipynb on a smoke checkpoint, so it never rots."""
 
 import base64
+import os
 import functools
 import io
 import pathlib
@@ -33,7 +34,8 @@ def save_smoke_checkpoint(workdir: pathlib.Path) -> None:
 def test_inspect_params_notebook(tmp_path, monkeypatch):
   save_smoke_checkpoint(tmp_path)
   # The kernel inherits this environment: the parameter cell reads the checkpoint from it.
-  monkeypatch.setenv('ROCK_CHECKPOINT', str(tmp_path))
+  # Relative to the kernel's directory (the checkout), as a user would type it.
+  monkeypatch.setenv('ROCK_CHECKPOINT', os.path.relpath(tmp_path, REPO))
   monkeypatch.setenv('ROCK_SCORE_THRESHOLD', '0.0')
   notebook = nbformat.read(NOTEBOOK, as_version=4)
   client = nbclient.NotebookClient(
