@@ -1,9 +1,9 @@
 """Executes notebooks/inspect_params.ipynb on a smoke checkpoint, so it never rots."""
 
 import base64
-import os
 import functools
 import io
+import os
 import pathlib
 import re
 
