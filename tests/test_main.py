@@ -100,6 +100,10 @@ def test_smoke_run_writes_everything(uninterrupted):
   for key in METRIC_KEYS:
     assert key in results, key
   assert results['step'] == NUM_STEPS and results['split'] == 'test' and results['num_images'] == 4
+  # Tested once, on the checkpoint chosen on validation (the only evaluation: the final one).
+  assert (results['checkpoint_step'], results['checkpoint_kind']) == (NUM_STEPS, 'best')
+  assert results['selected_by'] == 'mAP@0.5 on validation'
+  assert results['validation']['num_images'] == 4 and 'mAP@0.5' in results['validation']
   assert 0.0 <= results['mAP@0.5'] <= 1.0
   assert 0.0 <= results['scene_accuracy'] <= 1.0
   assert results['depth_rmse'] > 0 and 0 < results['normals_mean_angle'] < 180
@@ -144,11 +148,12 @@ def test_kill_and_resume_is_bitwise_identical(tmp_path, uninterrupted, env, data
     np.testing.assert_array_equal(flat_resumed[path], value, err_msg=jax.tree_util.keystr(path))
 
 
-def test_eval_mode_evaluates_a_checkpoint(tmp_path, uninterrupted, data_dir, capsys):
+def test_eval_mode_evaluates_a_checkpoint(tmp_path, uninterrupted, data_dir, capsys, monkeypatch):
   config = synthetic.get_config('smoke')
   config.data.data_dir = data_dir
   config.mode = 'eval'
-  config.init_from = str(uninterrupted[0])
+  monkeypatch.chdir(tmp_path)  # Relative init_from (Orbax wants absolute paths).
+  config.init_from = os.path.relpath(uninterrupted[0])
   config.data.eval_split = 'validation'
   results = train.train_and_evaluate(config, str(tmp_path))
   written = json.loads((tmp_path / 'results.json').read_text())
@@ -267,3 +272,47 @@ def test_absolute_workdir_and_quiet_orbax():
   assert not main.quiet_orbax(record(orbax_file, logging.INFO))
   assert main.quiet_orbax(record(orbax_file, logging.WARNING))
   assert main.quiet_orbax(record('/venv/site-packages/clu/periodic_actions.py', logging.INFO))
+
+
+@pytest.mark.slow
+def test_test_split_is_read_once_on_the_checkpoint_chosen_on_validation(
+  tmp_path, data_dir, monkeypatch
+):
+  """Validation picks step 2 of 4; the test split is evaluated after that, once, on step 2."""
+  calls = []
+
+  class FakeEvaluator:
+    def __init__(self, config, model, mesh):
+      del config, model, mesh
+
+    def run(self, state_or_variables, split, *, step=None, panels_dir=None):
+      params = getattr(state_or_variables, 'params', None) or state_or_variables['params']
+      calls.append((split, step, np.asarray(params['ssd']['box0']['kernel'])))
+      value = {2: 0.9, 4: 0.1}[step] if split == 'validation' else 0.5
+      return {'mAP@0.5': value, 'split': split, 'step': step, 'num_images': 4}
+
+    def report(self, results, workdir):
+      (workdir / 'results.json').write_text(json.dumps(results))
+
+  monkeypatch.setattr(train.eval_loop, 'Evaluator', FakeEvaluator)
+  config = synthetic.get_config('smoke')
+  config.data.data_dir = data_dir
+  config.train.update(num_steps=4, eval_every=2, checkpoint_every=2, learning_rate=1e-2)
+  config.train.async_checkpoints = False
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert [(split, step) for split, step, _ in calls] == [
+    ('validation', 2),
+    ('validation', 4),
+    ('test', 2),
+  ]
+  chosen = checkpoints.load_variables(tmp_path / 'checkpoints' / '2')
+  np.testing.assert_array_equal(calls[2][2], chosen['params']['ssd']['box0']['kernel'])
+  assert not np.array_equal(calls[1][2], calls[2][2])  # Step 4 differs: the choice matters.
+  written = json.loads((tmp_path / 'results.json').read_text())
+  assert written == results
+  assert (written['split'], written['checkpoint_step'], written['checkpoint_kind']) == (
+    'test',
+    2,
+    'best',
+  )
+  assert written['validation']['mAP@0.5'] == 0.9
