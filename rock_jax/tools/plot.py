@@ -18,7 +18,10 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rock_jax import reporting
+from rock_jax import console
+
+with console.native_stderr_filtered():  # reporting loads TensorFlow (through clu).
+  from rock_jax import reporting
 
 DEFAULT_NAME = 'learning_curves.png'
 # Evaluation metrics drawn when a run has them, in this order (after the losses).
@@ -78,6 +81,7 @@ def plot_runs(
 
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # noqa: PLC0415
+  from matplotlib import ticker  # noqa: PLC0415
 
   labels = list(labels) if labels else [os.path.basename(os.path.normpath(w)) for w in workdirs]
   if len(labels) != len(workdirs):
@@ -105,8 +109,11 @@ def plot_runs(
     ax.set_xlabel('step', fontsize=8)
     ax.tick_params(labelsize=8)
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     if key == 'loss' or key.startswith('loss/'):
       ax.set_yscale('log')
+      ax.yaxis.set_major_formatter(ticker.FormatStrFormatter('%g'))
+      ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter('%g'))
   for ax in axes.flat[len(keys) :]:
     ax.axis('off')
   handles, names = axes.flat[0].get_legend_handles_labels()
