@@ -22,7 +22,6 @@ import dataclasses
 import importlib
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -35,7 +34,7 @@ from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rock_jax import boxes as box_lib
-from rock_jax import checkpoints, input_pipeline, panels, postprocess
+from rock_jax import checkpoints, cli, input_pipeline, panels, postprocess
 from rock_jax.models import detector, rock
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -385,7 +384,7 @@ def run(
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   config_flag = config_flags.DEFINE_config_file(
@@ -417,14 +416,13 @@ def _cli() -> None:
         write_panels=values.panels,
       )
     except DetectError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+      cli.fail(str(e))
     print(
       f'{summary["num_images"]} images, {summary["num_detections"]} detections '
       f'(checkpoint step {summary["step"]}) -> {values.out}'
     )
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -18,7 +18,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from rock_jax import train
+from rock_jax import cli, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
@@ -87,4 +87,4 @@ def absolute_workdir(path: str) -> str:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -27,7 +27,6 @@ message names the file and the first bad key; the CLI prints it and exits with s
 """
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,8 +36,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 
+from rock_jax import cli
 from rock_jax.models import resnet
 
 FORMATS = ('torchvision', 'keras')
@@ -112,6 +112,7 @@ def _convert(
   shapes: Mapping[str, Any],
   lookup: Callable[[str, str], tuple[str, np.ndarray | None]],
   path: str,
+  file_layout: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple,
 ) -> dict[str, Any]:
   """Fills the backbone variables from a source, checking every key and shape.
 
@@ -120,6 +121,8 @@ def _convert(
     lookup: `(flax_module, leaf) -> (source_key, array or None if missing)`, with the
       array already in Flax layout (HWIO kernels).
     path: File name, for the error messages.
+    file_layout: maps a Flax-layout shape back to the file's layout, so that a
+      shape error reports the shapes as the file stores them.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` of float32 numpy arrays.
@@ -133,7 +136,8 @@ def _convert(
       raise WeightImportError(f'{path}: missing key {source_key!r}.')
     if tuple(value.shape) != tuple(shape.shape):
       raise WeightImportError(
-        f'{path}: key {source_key!r} has shape {tuple(value.shape)}, expected {tuple(shape.shape)}.'
+        f'{path}: key {source_key!r} has shape {file_layout(tuple(value.shape))} in the file, '
+        f'expected {file_layout(tuple(shape.shape))}.'
       )
     result[key] = np.asarray(value, np.float32)
   return flax.traverse_util.unflatten_dict(result)
@@ -188,7 +192,11 @@ def convert_torchvision(
       value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
     return key, value
 
-  return _convert(backbone_shapes(depth, 'v1.5'), lookup, path)
+  def file_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # HWIO -> OIHW, the inverse of the transpose above (other leaves are unchanged).
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape)
+
+  return _convert(backbone_shapes(depth, 'v1.5'), lookup, path, file_layout)
 
 
 def _keras_layer_order(depth: int) -> tuple[list[str], list[str]]:
@@ -355,11 +363,9 @@ def main(argv: list[str]) -> None:
   try:
     variables = import_file(_INPUT.value, _FORMAT.value, depth=int(_DEPTH.value))
   except WeightImportError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(error))
   if os.path.exists(_OUTPUT.value):
-    print(f'error: {_OUTPUT.value}: output directory exists already.', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(f'{_OUTPUT.value}: output directory exists already.')
   save(variables, _OUTPUT.value)
   count = sum(x.size for x in jax.tree.leaves(variables['params']))
   print(f'Wrote {count:,} parameters to {_OUTPUT.value}.')
@@ -367,4 +373,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['format', 'input', 'output'])
-  app.run(main)
+  cli.run(main)

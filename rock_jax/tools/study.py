@@ -35,6 +35,7 @@ from typing import Any
 from absl import app, flags
 
 from configs import synthetic
+from rock_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
@@ -472,4 +473,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)
