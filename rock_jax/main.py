@@ -6,7 +6,10 @@
       --config.init_from=DIR --config.data.eval_split=test --workdir=EVAL_DIR
 
 Any config field can be overridden with `--config.<field>=value`. Rerunning a
-command on the same workdir resumes from its last checkpoint.
+command on the same workdir resumes from its last checkpoint (the newest one that
+restores cleanly; one with other config values needs `--accept_config_changes`).
+A user error (config, data, checkpoint, disk) prints one line `error: ...` and
+exits 2; `--verbosity=1` or `ROCK_JAX_TRACEBACK=1` shows the traceback.
 """
 
 import logging as std_logging
@@ -28,6 +31,12 @@ _DISTRIBUTED = flags.DEFINE_enum(
   ['auto', 'on', 'off'],
   'Call jax.distributed.initialize(): on several hosts only ("auto" detects a TPU pod '
   'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).',
+)
+_ACCEPT_CHANGES = flags.DEFINE_bool(
+  'accept_config_changes',
+  False,
+  'Resume a workdir although config fields (learning rate, image size, seed, ...) differ '
+  'from those saved with its checkpoint; they are listed in a warning.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -73,7 +82,11 @@ def main(argv: Sequence[str]) -> None:
     jax.device_count(),
     jax.devices()[0].platform,
   )
-  train.train_and_evaluate(_CONFIG.value, absolute_workdir(_WORKDIR.value))
+  train.train_and_evaluate(
+    _CONFIG.value,
+    absolute_workdir(_WORKDIR.value),
+    accept_config_changes=_ACCEPT_CHANGES.value,
+  )
 
 
 def quiet_orbax(record: std_logging.LogRecord) -> bool:

@@ -245,7 +245,7 @@ def test_cli(resnet18_state, tmp_path):
     env=env,
     check=False,
   )
-  assert run.returncode == 1
+  assert run.returncode == 2
   lines = run.stderr.strip().splitlines()
   assert len(lines) == 1 and 'conv1.weight' in lines[0] and bad in lines[0], run.stderr
   assert not os.path.exists(tmp_path / 'out2')
