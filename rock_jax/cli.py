@@ -125,6 +125,9 @@ def fail(message: str) -> None:
 
 def _config_parse_message(text: str) -> str:
   """Reduces absl's flag error (with ml_collections' traceback inside) to one line."""
+  unknown = re.search(r"Unknown command line flag '((\w+)\.[\w.]+)'", text)
+  if unknown and '.' in unknown.group(1):  # A config override naming no field.
+    return f'--{unknown.group(1)}: no config field {unknown.group(1).rsplit(".", 1)[-1]!r}'
   if 'Error whilst parsing config file' not in text:
     return one_line(flags.Error(text))
   flag = text.split(': Error whilst parsing', 1)[0].strip()
