@@ -258,3 +258,81 @@ def test_trainer_never_saves_a_non_finite_state(tmp_path, caplog):
     run_trainer(tmp_path / 'fresh', config, batches)
   # ... and the failed start left nothing behind.
   assert not (tmp_path / 'fresh').exists()
+
+
+# ------------------------------------------------------------------ no silent misreads
+
+
+def test_detect_scales_16_bit_png_greyscale_and_rgb(tmp_path):
+  import tensorflow as tf
+  from PIL import Image
+
+  from rock_jax import detect
+
+  ramp = np.arange(0, 65536, 257 * 5, dtype=np.uint16)  # 0, 1285, ..., 65535: exact x/257.
+  grey = np.tile(ramp, (4, 1))
+  Image.fromarray(grey).save(tmp_path / 'grey16.png')
+  with Image.open(tmp_path / 'grey16.png') as image:
+    assert image.mode == 'I;16'  # The mode `convert('RGB')` used to clip at 255.
+  got = detect.read_image(tmp_path / 'grey16.png')
+  assert got.dtype == np.uint8 and got.shape == (4, ramp.size, 3)
+  np.testing.assert_array_equal(got[..., 0], np.tile(ramp // 257, (4, 1)))
+  np.testing.assert_array_equal(got[..., 0], got[..., 2])
+  assert got.mean() < 200  # Not the saturated, near-white image of before.
+
+  rgb = np.stack([grey, 65535 - grey, grey // 2], axis=-1).astype(np.uint16)
+  (tmp_path / 'rgb16.png').write_bytes(tf.io.encode_png(rgb).numpy())
+  got = detect.read_image(tmp_path / 'rgb16.png')
+  np.testing.assert_allclose(got.astype(int), rgb.astype(float) / 257, atol=1)
+
+
+def test_detect_decodes_every_input_before_anything_is_written(tmp_path):
+  from PIL import Image
+
+  from rock_jax import detect
+
+  folder = tmp_path / 'images'
+  folder.mkdir()
+  Image.new('RGB', (32, 24), (10, 20, 30)).save(folder / 'a.png')
+  data = (folder / 'a.png').read_bytes()
+  (folder / 'b_cut.png').write_bytes(data[: len(data) - 30])  # The header still parses.
+  with Image.open(folder / 'b_cut.png') as image:
+    assert image.size == (32, 24)
+  # Fails on the image, before the (missing) checkpoint is even looked at.
+  with pytest.raises(detect.DetectError, match=r'cannot read image .*b_cut\.png') as e:
+    detect.run(tmp_path / 'no_checkpoint', folder, tmp_path / 'out')
+  assert '\n' not in str(e.value)
+  assert not (tmp_path / 'out').exists()
+
+
+def test_nyuv2_wide_instance_ids_do_not_collide():
+  from rock_jax.datasets import nyuv2
+
+  labels = np.zeros((4, 8), np.uint16)
+  instances = np.zeros((4, 8), np.uint16)
+  labels[0, 0], instances[0, 0] = 5, 1025  # Class 0, instance 1025.
+  labels[3, 7], instances[3, 7] = 6, 1  # Class 1, instance 1: the same key at stride 1024.
+  boxes, classes = nyuv2.boxes_and_labels(labels, instances, {5: 0, 6: 1})
+  assert classes.tolist() == [0, 1]
+  np.testing.assert_allclose(boxes, [[0, 0, 0.25, 0.125], [0.75, 0.875, 1, 1]])
+
+
+def test_nyuv2_instances_must_be_uint8(tmp_path):
+  import fake_datasets as fd
+  import h5py
+  import tensorflow_datasets as tfds
+
+  from rock_jax.datasets import files, nyuv2  # noqa: F401 - registers the builder.
+
+  manual = tmp_path / 'manual'
+  fd.write_nyu(str(manual))
+  mat = manual / 'nyu_depth_v2_labeled.mat'
+  with h5py.File(mat, 'r+') as f:
+    wide = f['instances'][()].astype(np.uint16)
+    del f['instances']
+    f.create_dataset('instances', data=wide)
+  builder = tfds.builder_cls('nyuv2')(config='official', data_dir=str(tmp_path / 'data'))
+  with pytest.raises(files.DataError, match="key 'instances' has dtype uint16, expected uint8"):
+    builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=str(manual))
+    )
