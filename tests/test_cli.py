@@ -250,7 +250,7 @@ def test_every_entry_point_prints_one_line_and_exits_2(tmp_path, env):
     ),
     'bench_input': (['-m', 'rock_jax.tools.bench_input', '--batches=many'], 'error: '),
     'recall_ceiling': (['-m', 'rock_jax.tools.recall_ceiling', '--nope'], 'error: '),
-    'study': (['-m', 'rock_jax.tools.study', '--seeds=x'], 'error: '),
+    'study': (['-m', 'rock_jax.tools.study', '--seeds=x'], "error: --seeds: 'x' is not an integer"),
     'import_weights': (
       [
         '-m',
@@ -273,10 +273,18 @@ def test_every_entry_point_prints_one_line_and_exits_2(tmp_path, env):
     )
     for name, (args, _) in cases.items()
   }
-  for name, proc in procs.items():
-    _, stderr = proc.communicate(timeout=300)
+  outcomes = {}
+  try:
+    for name, proc in procs.items():
+      outcomes[name] = (proc.communicate(timeout=300)[1], proc.returncode)
+  finally:
+    for proc in procs.values():
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+  for name, (stderr, returncode) in outcomes.items():
     errors = [line for line in stderr.splitlines() if line.startswith('error:')]
-    assert proc.returncode == 2, (name, stderr[-3000:])
+    assert returncode == 2, (name, stderr[-3000:])
     assert len(errors) == 1 and cases[name][1] in errors[0], (name, stderr[-3000:])
     assert 'Traceback' not in stderr, (name, stderr[-3000:])
   assert not workdir.exists()

@@ -387,11 +387,14 @@ def main(argv: Sequence[str]) -> None:
   config_steps = int(config.train.num_steps)
   steps = int(_STEPS.value or config_steps)
   boundaries = scaled_boundaries(config.train.lr_boundaries, config_steps, steps)
+  bad = [s for s in _SEEDS.value if not s.strip().lstrip('-').isdigit()]
+  if bad:
+    raise cli.UserError(f'--seeds: {bad[0]!r} is not an integer')
   seeds = [int(s) for s in _SEEDS.value]
   variants = list(_VARIANTS.value)
   unknown = [v for v in variants if v not in VARIANTS]
   if unknown:
-    raise app.UsageError(f'Unknown variants {unknown}; choose from {VARIANTS}.')
+    raise cli.UserError(f'--variants: unknown {unknown}; choose from {VARIANTS}')
   nice = ['nice', '-n', str(_NICE.value)] if _NICE.value else []
 
   runs: dict[str, list[dict]] = {v: [] for v in variants}
