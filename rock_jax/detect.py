@@ -27,6 +27,11 @@ normalised boxes and are mapped to the original pixels with the evaluator's
 
 Without `--config`, the config saved with the checkpoint is used; with it, the
 checkpoint must match the model it builds (a one-line error says what differs).
+
+Bad inputs: every image is decoded in full before the model loads or anything is
+written; a file that does not decode (truncated, not an image) stops the run with
+one line naming it and leaves no output. A damaged newest checkpoint step is
+skipped (named in a warning, left in place) and the newest clean one is used.
 """
 
 from __future__ import annotations
@@ -36,7 +41,6 @@ import glob
 import importlib
 import json
 import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,7 +53,7 @@ from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rock_jax import boxes as box_lib
-from rock_jax import checkpoints, evaluate, input_pipeline, panels, postprocess, serving
+from rock_jax import checkpoints, cli, evaluate, input_pipeline, panels, postprocess, serving
 from rock_jax.models import detector, rock
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
@@ -167,8 +171,15 @@ def load_model(
   """
   try:
     directory, step, kind = checkpoints.select_checkpoint(checkpoint, latest=latest)
+    if kind == 'latest':
+      # The newest step that restores cleanly: a damaged one is skipped (and named).
+      directory, step, loaded = checkpoints.load_checkpoint(directory)
+    else:  # The chosen step itself, or a one-line error.
+      directory, step, loaded = checkpoints.load_checkpoint(directory / str(step))
   except FileNotFoundError:
     raise DetectError(f'no checkpoint found at {checkpoint}') from None
+  except checkpoints.CheckpointError as e:
+    raise DetectError(str(e)) from None
   if config is None:
     config = checkpoints.load_config(directory / str(step))
   model = detector.build_model(config)
@@ -181,7 +192,6 @@ def load_model(
     )
   except (ValueError, KeyError, TypeError) as e:
     raise DetectError(f'cannot build the model of this config: {_one_line(e)}') from None
-  loaded = checkpoints.load_variables(directory / str(step))
   try:
     # Nothing excluded: every leaf must load with the model's shape.
     variables = checkpoints.merge_variables(dict(abstract), loaded)
@@ -233,8 +243,30 @@ def list_images(images: str | os.PathLike) -> list[epath.Path]:
   return files
 
 
+def to_rgb8(image: Image.Image) -> np.ndarray:
+  """Converts a PIL image of any mode to uint8 RGB, scaling high bit depths.
+
+  PIL's `convert('RGB')` clips 16- and 32-bit greyscale (`I;16`, `I`) at 255, which
+  turns a 16-bit PNG into a saturated, near-white image: those modes are scaled
+  from 0..65535 to 0..255 instead (float `F` images from 0..1). 16-bit RGB PNGs
+  already open as 8-bit RGB (PIL keeps the high byte).
+  """
+  if image.mode.startswith('I;16') or image.mode == 'I':
+    values = np.asarray(image, np.float64)
+    grey = np.clip(np.round(values / 257.0), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  if image.mode == 'F':
+    values = np.asarray(image, np.float64)
+    scale = 255.0 if np.nanmax(values, initial=0.0) <= 1.0 else 255.0 / np.nanmax(values)
+    grey = np.clip(np.round(np.nan_to_num(values) * scale), 0, 255).astype(np.uint8)
+    return np.repeat(grey[..., None], 3, axis=-1)
+  return np.asarray(image.convert('RGB'))
+
+
 def read_image(path: str | os.PathLike) -> np.ndarray:
   """Reads an image as uint8 RGB `[H, W, 3]`, upright per its EXIF orientation.
+
+  16-bit images are scaled to 8 bits (`to_rgb8`), greyscale and RGB alike.
 
   Raises:
     DetectError: the file cannot be read or decoded as an image.
@@ -243,23 +275,23 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     with epath.Path(path).open('rb') as f:
       image = Image.open(f)
       image = ImageOps.exif_transpose(image)
-      return np.asarray(image.convert('RGB'))
+      return to_rgb8(image)
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
     raise DetectError(f'cannot read image {path}: {_one_line(e)}') from None
 
 
 def check_images(files: Sequence[epath.Path]) -> None:
-  """Opens every file's header, so a bad file fails before the model loads.
+  """Decodes every file in full, so that a bad file fails before anything is written.
+
+  Each image is decoded and dropped (it is decoded again when its batch runs), so a
+  large folder does not have to fit in memory. `run` calls this first: a truncated
+  file stops the run in one line naming it, with nothing written.
 
   Raises:
     DetectError: naming the first file that is not a readable image.
   """
   for path in files:
-    try:
-      with path.open('rb') as f, Image.open(f) as image:
-        image.size  # noqa: B018 - parsing the header is the check.
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-      raise DetectError(f'cannot read image {path}: {_one_line(e)}') from None
+    read_image(path)
 
 
 def preprocess(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
@@ -460,7 +492,7 @@ _KIND_TEXT = {
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   config_flag = config_flags.DEFINE_config_file(
@@ -497,18 +529,14 @@ def _cli() -> None:
         exported=values.exported,
       )
     except DetectError as e:
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
+      cli.fail(str(e))
     print(
       f'{summary["num_images"]} images, {summary["num_detections"]} detections '
       f'(checkpoint step {summary["step"]}, {_KIND_TEXT[summary["checkpoint_kind"]]}) '
       f'-> {values.out}'
     )
 
-  # `--config=nyuv2` (a shipped config's short name) works as in rock_jax.main.
-  from rock_jax import configs
-
-  app.run(main, flags_parser=lambda argv: app.parse_flags_with_usage(configs.resolve_argv(argv)))
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from rock_jax import detect, postprocess, serving
+from rock_jax import cli, detect, postprocess, serving
 
 
 def parse_batch(batch: str | int) -> int | None:
@@ -184,7 +184,7 @@ def run(
 
 def _cli() -> None:
   """Defines the flags and runs (flags only here, so importing defines none)."""
-  from absl import app, flags, logging  # noqa: PLC0415
+  from absl import flags, logging  # noqa: PLC0415
   from ml_collections import config_flags  # noqa: PLC0415
 
   config_flag = config_flags.DEFINE_config_file(
@@ -218,7 +218,7 @@ def _cli() -> None:
       f'artifact, {metadata["platform"]}) -> {values.out}'
     )
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

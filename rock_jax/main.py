@@ -12,14 +12,16 @@
 directory and after a wheel install. Relative paths (workdir, `init_from`,
 `init_backbone`) are taken from the current directory.
 Any config field can be overridden with `--config.<field>=value`. Rerunning a
-command on the same workdir resumes from its last checkpoint. The console shows
-this project's logs, progress lines and evaluation tables; `--verbosity=0` (or
-higher) also shows the libraries' INFO logs (`rock_jax.console`).
+command on the same workdir resumes from its last checkpoint (the newest one that
+restores cleanly; one with other config values needs `--accept_config_changes`).
+The console shows this project's logs, progress lines and evaluation tables;
+`--verbosity=0` (or higher) also shows the libraries' INFO logs (`rock_jax.console`).
+A user error (config, data, checkpoint, disk) prints one line `error: ...` and
+exits 2; `--verbosity=1` or `ROCK_JAX_TRACEBACK=1` shows the traceback.
 """
 
 import logging as std_logging
 import os
-import sys
 from collections.abc import Sequence
 
 from rock_jax import console
@@ -30,7 +32,7 @@ with console.native_stderr_filtered():  # TensorFlow's start-up lines.
   from absl import app, flags, logging
   from ml_collections import config_flags
 
-  from rock_jax import configs, preflight, train
+  from rock_jax import cli, preflight, train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Checkpoints, logs and results go here.')
@@ -46,6 +48,12 @@ _HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
   100,
   'Several hosts: seconds after which jax.distributed declares a silent host dead and '
   'stops every other host with an error (jax.distributed.initialize(heartbeat_timeout_seconds)).',
+)
+_ACCEPT_CHANGES = flags.DEFINE_bool(
+  'accept_config_changes',
+  False,
+  'Resume a workdir although config fields (learning rate, image size, seed, ...) differ '
+  'from those saved with its checkpoint; they are listed in a warning.',
 )
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -97,8 +105,7 @@ def main(argv: Sequence[str]) -> None:
     # ImageNet weights, paths and data: fail in one line before anything is built.
     config = preflight.run(_CONFIG.value, workdir)
   except preflight.StartupError as error:
-    print(f'error: {error}', file=sys.stderr)
-    sys.exit(1)
+    cli.fail(str(error))
   # TensorFlow only feeds data: keep it off the accelerators (and their memory).
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')
@@ -125,7 +132,7 @@ def main(argv: Sequence[str]) -> None:
     jax.devices()[0].platform,
   )
   try:
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir, accept_config_changes=_ACCEPT_CHANGES.value)
   except Exception as error:
     if jax.process_count() > 1:
       # A dead host shows up here as a failed collective; JAX then stops this process
@@ -151,10 +158,5 @@ def absolute_workdir(path: str) -> str:
   return path if '://' in path else os.path.abspath(path)
 
 
-def parse_flags(argv: Sequence[str]) -> list[str]:
-  """absl's flag parser, after mapping `--config=<short name>` to a shipped file."""
-  return app.parse_flags_with_usage(configs.resolve_argv(argv))
-
-
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main)

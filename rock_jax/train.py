@@ -41,6 +41,7 @@ from rock_jax import (
   optim,
   preflight,
   reporting,
+  validate,
   weighting,
 )
 from rock_jax.models import detector
@@ -220,6 +221,18 @@ def check_finite(step: int, metrics: Mapping[str, float]) -> None:
   )
 
 
+@jax.jit
+def _nonfinite(tree: Any) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return sum(jnp.sum(~jnp.isfinite(x)) for x in leaves)
+
+
+def count_nonfinite(state: Any) -> tuple[int, int]:
+  """(non-finite values, all values) of the floating-point leaves of a state."""
+  leaves = [x for x in jax.tree.leaves(state) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return int(_nonfinite(leaves)), sum(int(np.prod(x.shape)) for x in leaves)
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
   """Assembles the global batch from this host's slice of it."""
   return {
@@ -237,7 +250,11 @@ def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str, *, mesh: jax.sharding.Mesh | None = None
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  mesh: jax.sharding.Mesh | None = None,
+  accept_config_changes: bool = False,
 ) -> dict[str, Any]:
   """Trains with periodic evaluation and checkpoints, or evaluates (`config.mode`).
 
@@ -246,23 +263,52 @@ def train_and_evaluate(
     workdir: where checkpoints, TensorBoard events and `results.json` go; a
       workdir with checkpoints is resumed.
     mesh: the `('data',)` mesh to run on; by default `create_mesh` over all devices.
+    accept_config_changes: resume a workdir whose checkpoint was saved with other
+      config values (learning rate, image size, seed, ...); without it that fails.
 
   Returns:
     The final evaluation results (also in `workdir/results.json`).
   """
-  if config.mode not in ('train', 'eval'):
-    raise ValueError(f"config.mode must be 'train' or 'eval', got {config.mode!r}.")
-  # ImageNet weights, paths and data, checked before anything is built.
+  # Names (mode, variant, tasks, datasets, splits) are checked before any work, then
+  # ImageNet weights, paths and data, before anything is built.
+  validate.check_config(config)
   config = preflight.run(config, workdir)
   workdir = epath.Path(workdir)
+  before = _snapshot(workdir)
   if jax.process_index() == 0:
     workdir.mkdir(parents=True, exist_ok=True)
   batch_size = config.train.batch_size if config.mode == 'train' else config.eval.batch_size
-  mesh = create_mesh(batch_size) if mesh is None else mesh
-  with jax.set_mesh(mesh):
-    if config.mode == 'eval':
-      return _evaluate_checkpoint(config, workdir, mesh)
-    return _train(config, workdir, mesh)
+  try:
+    mesh = create_mesh(batch_size) if mesh is None else mesh
+    with jax.set_mesh(mesh):
+      if config.mode == 'eval':
+        return _evaluate_checkpoint(config, workdir, mesh)
+      return _train(config, workdir, mesh, accept_config_changes=accept_config_changes)
+  except BaseException:
+    _remove_litter(workdir, before)
+    raise
+
+
+def _snapshot(workdir: epath.Path) -> set[str] | None:
+  """Names in the workdir before the run (None: the workdir does not exist)."""
+  return {p.name for p in workdir.iterdir()} if workdir.is_dir() else None
+
+
+def _remove_litter(workdir: epath.Path, before: set[str] | None) -> None:
+  """After a failed start, removes what the run created when it saved no checkpoint.
+
+  Events files, an empty `checkpoints` folder (and the workdir itself when the run
+  made it) go; anything that was there before, and any saved step, stays.
+  """
+  if jax.process_index() != 0 or not workdir.is_dir():
+    return
+  if any(p.name.isdigit() for p in checkpoints.checkpoint_dir(workdir).glob('*')):
+    return
+  for path in workdir.iterdir():
+    if before is None or path.name not in before:
+      path.rmtree() if path.is_dir() else path.unlink()
+  if before is None and not any(workdir.iterdir()):
+    workdir.rmdir()
 
 
 def _evaluate_checkpoint(
@@ -282,11 +328,12 @@ def _evaluate_checkpoint(
     lambda: model.init(jax.random.key(0), jnp.zeros((1, height, width, 3)), train=False)
   )
   fresh = {k: abstract[k] for k in ('params', 'batch_stats') if k in abstract}
-  variables = checkpoints.merge_variables(fresh, checkpoints.load_variables(config.init_from))
+  # The newest step that restores cleanly (a damaged one is skipped and named).
+  directory, step, loaded = checkpoints.load_checkpoint(config.init_from)
+  variables = checkpoints.merge_variables(fresh, loaded)
   variables = jax.tree.map(lambda x: jax.device_put(x, replicated), variables)
   evaluator = eval_loop.Evaluator(config, model, mesh)
 
-  directory, step = checkpoints.resolve_checkpoint(config.init_from)
   logging.info('Evaluating %s step %d on %s.', directory, step, config.data.eval_split)
   is_writer = jax.process_index() == 0
   if is_writer:
@@ -300,6 +347,7 @@ def _evaluate_checkpoint(
   _publish_eval(
     results,
     evaluator,
+    kind='eval',
     workdir=workdir,
     writer=writer,
     metrics_log=reporting.MetricsLog(workdir, enabled=is_writer),
@@ -341,7 +389,11 @@ def _publish_eval(
 
 
 def _train(
-  config: ml_collections.ConfigDict, workdir: epath.Path, mesh: jax.sharding.Mesh
+  config: ml_collections.ConfigDict,
+  workdir: epath.Path,
+  mesh: jax.sharding.Mesh,
+  *,
+  accept_config_changes: bool = False,
 ) -> dict[str, Any]:
   """The training loop (inside `jax.set_mesh(mesh)`)."""
   replicated = NamedSharding(mesh, P())
@@ -380,6 +432,7 @@ def _train(
     abstract_state=abstract_state,
     with_variables=with_variables,
     load_backbone=_load_backbone,
+    accept_config_changes=accept_config_changes,
   )
   start_step = int(jax.device_get(state.step))
   num_steps = int(config.train.num_steps)
@@ -415,6 +468,8 @@ def _train(
       )
     )
   history: list[dict[str, float]] = []
+  # Warns once when a task has no valid target in the first (up to 20) batches.
+  coverage = validate.TaskCoverage(task_names(config), min(20, num_steps - start_step))
   pending: tuple[int, dict[str, jax.Array]] | None = None
   results: dict[str, Any] = {}
   evaluators: list[eval_loop.Evaluator] = []
@@ -460,12 +515,26 @@ def _train(
     try:
       check_finite(done_step, host)
     except NonFiniteLossError as error:
-      manager.wait_until_finished()
-      last = manager.latest_step()
-      raise NonFiniteLossError(
-        f'{error} Stopped; the last good checkpoint is step {last} in {manager.directory}.'
-      ) from None
+      raise NonFiniteLossError(f'{error} Stopped; {last_good()}.') from None
     history.append(host)
+
+  def last_good() -> str:
+    """Names the latest checkpoint (every saved state is checked finite first)."""
+    manager.wait_until_finished()
+    last = manager.latest_step()
+    if last is None:
+      return f'no checkpoint was saved yet in {manager.directory}'
+    return f'the last good checkpoint is step {last} in {manager.directory}'
+
+  def save(step: int, metrics: dict[str, Any] | None) -> None:
+    """Saves the state, after checking that every value is finite."""
+    bad, total = count_nonfinite(state)
+    if bad:
+      raise NonFiniteLossError(
+        f'The state after step {step} has {bad} of {total} non-finite values (learning '
+        f'rate too high?); not saved. Stopped; {last_good()}.'
+      )
+    checkpoints.save(manager, step, state, config, metrics=metrics)
 
   try:
     for step in range(start_step + 1, num_steps + 1):
@@ -473,6 +542,7 @@ def _train(
         waiting = time.perf_counter()
         batch = {k: v for k, v in next(batches).items() if k in keys}
         progress.data(time.perf_counter() - waiting)
+        coverage.update(batch)
         rng = jax.random.fold_in(step_base_rng, step - 1)
         state, metrics = step_fn(state, shard_batch(batch, data_sharding), rng)
       # Check the previous step while this one runs: one host sync per step, no stall.
@@ -501,7 +571,7 @@ def _train(
           validation[step] = results
       if save_now:
         with progress.paused():
-          checkpoints.save(manager, step, state, config, metrics=results if eval_now else None)
+          save(step, results if eval_now else None)
     settle()
     if start_step >= num_steps and eval_split and not test_split:
       # Already trained (e.g. a rerun after the end): evaluate the final state again.

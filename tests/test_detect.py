@@ -210,7 +210,7 @@ def test_detect_cli_one_line_error(tmp_path, image_dir):
     check=False,
     timeout=120,
   )
-  assert result.returncode == 1
+  assert result.returncode == 2
   errors = [line for line in result.stderr.splitlines() if line.startswith('error:')]
   assert errors == [f'error: no checkpoint found at {tmp_path / "none"}']
 

@@ -183,7 +183,8 @@ def test_torchvision_missing_and_misshaped(resnet18_state, tmp_path):
   with pytest.raises(import_weights.WeightImportError) as info:
     import_weights.import_file(path, 'torchvision', depth=18)
   assert 'layer2.0.downsample.0.weight' in str(info.value)
-  assert '(3, 3, 64, 128)' in str(info.value) and '(1, 1, 64, 128)' in str(info.value)
+  # Shapes as the file stores them (OIHW), not the converted HWIO ones.
+  assert 'has shape (128, 64, 3, 3) in the file, expected (128, 64, 1, 1)' in str(info.value)
 
   # ResNet-18 weights read as ResNet-50: the first bad key in network order is named.
   with pytest.raises(import_weights.WeightImportError, match=r"'layer1\.0\.conv1\.weight'"):
@@ -244,7 +245,7 @@ def test_cli(resnet18_state, tmp_path):
     env=env,
     check=False,
   )
-  assert run.returncode == 1
+  assert run.returncode == 2
   lines = run.stderr.strip().splitlines()
   assert len(lines) == 1 and 'conv1.weight' in lines[0] and bad in lines[0], run.stderr
   assert not os.path.exists(tmp_path / 'out2')

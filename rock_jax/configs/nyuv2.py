@@ -11,7 +11,8 @@ from rock_jax.configs import base
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the paper's NYUv2 setting; `arg='smoke'` shrinks it for CPU tests."""
+  options, smoke = base.split_arg(arg)
+  if options:
+    raise ValueError(f'nyuv2.py takes only "smoke", got {arg!r}.')
   config = base.get_base_config()
-  if arg == 'smoke':
-    config = base.smoke(config)
-  return config
+  return base.smoke(config) if smoke else config

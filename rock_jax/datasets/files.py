@@ -149,8 +149,12 @@ def load_splits(path: epath.PathLike, num_images: int) -> tuple[np.ndarray, np.n
   path = require_file(path)
   try:
     mat = scipy.io.loadmat(str(path))
-  except (ValueError, OSError, TypeError) as e:
-    raise DataError(f'{path}: not a readable MATLAB v5 file: {e}') from e
+  except Exception as e:  # noqa: BLE001 - scipy raises MatReadError, IndexError, ValueError...
+    # An empty, short or text file fails deep in scipy's header parsing.
+    detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise DataError(
+      f'{path}: not a readable MATLAB v5 file (empty, truncated or text?): {detail}'
+    ) from e
   out = []
   for key in ('trainNdxs', 'testNdxs'):
     if key not in mat:

@@ -207,6 +207,9 @@ def _read_val_split(path: epath.Path, train_seqs: set[str], test_seqs: set[str])
   return sorted(set(names))
 
 
+_INSTANCE_STRIDE = 1 << 32
+
+
 def boxes_and_labels(
   labels: np.ndarray, instances: np.ndarray, class_ids: dict[int, int]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -225,10 +228,11 @@ def boxes_and_labels(
   for nyu_id, k in class_ids.items():
     lut[nyu_id] = k
   cls = lut[labels]
-  # One key per (class, instance) pair; +1 keeps instance 0 apart from background.
-  key = np.where(cls >= 0, (cls + 1) * 1024 + instances.astype(np.int64), 0)
+  # One key per (class, instance) pair; +1 keeps instance 0 apart from background. The
+  # stride exceeds any 32-bit instance id, so wide ids cannot collide across classes.
+  key = np.where(cls >= 0, (cls + 1) * _INSTANCE_STRIDE + instances.astype(np.int64), 0)
   ids, boxes = geometry.instance_boxes(key)
-  return boxes, ids // 1024 - 1
+  return boxes, ids // _INSTANCE_STRIDE - 1
 
 
 class Nyuv2(tfds.core.GeneratorBasedBuilder):
@@ -264,8 +268,10 @@ class Nyuv2(tfds.core.GeneratorBasedBuilder):
     with files.open_mat_v73(mat_path) as f:
       num = files.require_dataset(f, 'images', (None, 3, WIDTH, HEIGHT), mat_path, np.uint8)
       num = num.shape[0]
-      for key in ('depths', 'rawDepths', 'labels', 'instances'):
+      for key in ('depths', 'rawDepths', 'labels'):
         files.require_dataset(f, key, (num, WIDTH, HEIGHT), mat_path)
+      # uint8 as in the real file (a wider type means another file than NYUv2's).
+      files.require_dataset(f, 'instances', (num, WIDTH, HEIGHT), mat_path, np.uint8)
       names = files.read_mat_strings(f, 'names', mat_path)
       scene_types = files.read_mat_strings(f, 'sceneTypes', mat_path)
       sequences = files.read_mat_strings(f, 'scenes', mat_path)

@@ -38,7 +38,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rock_jax import boxes as box_lib
-from rock_jax import train
+from rock_jax import cli, train
 from rock_jax.models import detector, layers, rock
 from rock_jax.tools import summary
 
@@ -405,7 +405,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
-  from absl import app, flags, logging
+  from absl import flags, logging
   from etils import epath
   from ml_collections import config_flags
 
@@ -455,7 +455,7 @@ def _cli() -> None:
     if values.out:
       epath.Path(values.out).write_text(table)
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -26,11 +26,11 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from rock_jax import checkpoints, detect, export, postprocess, serving, train
+from rock_jax import checkpoints, cli, detect, export, postprocess, serving, train
 from rock_jax.models import detector
 
 
@@ -123,4 +123,4 @@ if __name__ == '__main__':
   flags.DEFINE_integer('iters', 10, 'Timed calls per figure.')
   flags.DEFINE_integer('warmup', 1, 'Untimed calls first.')
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  cli.run(main)

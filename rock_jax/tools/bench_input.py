@@ -8,9 +8,9 @@ is the small `synthetic_rooms/bench` dataset (64 images at 480x640), rendered in
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-from rock_jax import input_pipeline
+from rock_jax import cli, input_pipeline
 from rock_jax.configs import base
 from rock_jax.datasets import synthetic_rooms
 
@@ -43,4 +43,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

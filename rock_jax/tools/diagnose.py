@@ -37,7 +37,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from rock_jax import checkpoints, input_pipeline, losses, train
+from rock_jax import checkpoints, cli, input_pipeline, losses, train
 from rock_jax.models import detector
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run config file[:arg].')
@@ -233,4 +233,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

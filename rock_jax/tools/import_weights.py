@@ -30,7 +30,6 @@ message names the file and the first bad key; the CLI prints it and exits with s
 """
 
 import os
-import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -40,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import app, flags
+from absl import flags
 
+from rock_jax import cli
 from rock_jax.models import resnet
 
 FORMATS = ('torchvision', 'keras')  # Backbone formats; the CLI also takes 'rock_pytorch'.
@@ -115,6 +115,7 @@ def _convert(
   shapes: Mapping[str, Any],
   lookup: Callable[[str, str], tuple[str, np.ndarray | None]],
   path: str,
+  file_layout: Callable[[tuple[int, ...]], tuple[int, ...]] = tuple,
 ) -> dict[str, Any]:
   """Fills the backbone variables from a source, checking every key and shape.
 
@@ -123,6 +124,8 @@ def _convert(
     lookup: `(flax_module, leaf) -> (source_key, array or None if missing)`, with the
       array already in Flax layout (HWIO kernels).
     path: File name, for the error messages.
+    file_layout: maps a Flax-layout shape back to the file's layout, so that a
+      shape error reports the shapes as the file stores them.
 
   Returns:
     `{'params': ..., 'batch_stats': ...}` of float32 numpy arrays.
@@ -136,7 +139,8 @@ def _convert(
       raise WeightImportError(f'{path}: missing key {source_key!r}.')
     if tuple(value.shape) != tuple(shape.shape):
       raise WeightImportError(
-        f'{path}: key {source_key!r} has shape {tuple(value.shape)}, expected {tuple(shape.shape)}.'
+        f'{path}: key {source_key!r} has shape {file_layout(tuple(value.shape))} in the file, '
+        f'expected {file_layout(tuple(shape.shape))}.'
       )
     result[key] = np.asarray(value, np.float32)
   return flax.traverse_util.unflatten_dict(result)
@@ -191,7 +195,11 @@ def convert_torchvision(
       value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO.
     return key, value
 
-  return _convert(backbone_shapes(depth, 'v1.5'), lookup, path)
+  def file_layout(shape: tuple[int, ...]) -> tuple[int, ...]:
+    # HWIO -> OIHW, the inverse of the transpose above (other leaves are unchanged).
+    return (shape[3], shape[2], shape[0], shape[1]) if len(shape) == 4 else tuple(shape)
+
+  return _convert(backbone_shapes(depth, 'v1.5'), lookup, path, file_layout)
 
 
 def _keras_layer_order(depth: int) -> tuple[list[str], list[str]]:
@@ -360,11 +368,10 @@ def _cli() -> None:
   flags.mark_flags_as_required(['format', 'input', 'output'])
 
   def main(argv: list[str]) -> None:
-    """Converts --input and writes --output; exits 1 on a bad file."""
+    """Converts --input and writes --output; a bad file fails in one line (exit 2)."""
     del argv
     if os.path.exists(output.value):
-      print(f'error: {output.value}: output directory exists already.', file=sys.stderr)
-      sys.exit(1)
+      cli.fail(f'{output.value}: output directory exists already.')
     try:
       if fmt.value == 'rock_pytorch':
         from rock_jax.tools import import_rock_pytorch
@@ -373,8 +380,7 @@ def _cli() -> None:
       else:
         variables = import_file(source.value, fmt.value, depth=int(depth.value))
     except WeightImportError as error:
-      print(f'error: {error}', file=sys.stderr)
-      sys.exit(1)
+      cli.fail(str(error))
     if fmt.value == 'rock_pytorch':
       import_rock_pytorch.save(variables, network, output.value)
     else:
@@ -382,7 +388,7 @@ def _cli() -> None:
     count = sum(x.size for x in jax.tree.leaves(variables['params']))
     print(f'Wrote {count:,} parameters to {output.value}.')
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

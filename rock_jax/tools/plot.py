@@ -18,7 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from rock_jax import console
+from rock_jax import cli, console
 
 with console.native_stderr_filtered():  # reporting loads TensorFlow (through clu).
   from rock_jax import reporting
@@ -138,9 +138,9 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  from absl import app, flags
+  from absl import flags
 
   flags.DEFINE_multi_string('workdir', [], 'Run directory (repeatable; or list them after).')
   flags.DEFINE_string('out', None, 'The PNG (default: see the module docstring).')
   flags.DEFINE_list('labels', None, 'Legend names, one per workdir.')
-  app.run(main)
+  cli.run(main)

@@ -47,7 +47,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from rock_jax import input_pipeline
+from rock_jax import cli, input_pipeline
 from rock_jax.datasets import object_crops
 from rock_jax.models import resnet
 
@@ -317,4 +317,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -55,6 +55,7 @@ from typing import Any
 
 from absl import app, flags
 
+from rock_jax import cli
 from rock_jax.tools import study
 
 REPO = study.REPO
@@ -634,4 +635,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

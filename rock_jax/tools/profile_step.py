@@ -41,7 +41,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rock_jax import losses, train
+from rock_jax import cli, losses, train
 from rock_jax.tools import bench
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$')
@@ -229,7 +229,7 @@ def markdown_table(result: Mapping[str, Any], *, header: str = '') -> str:
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
-  from absl import app, flags, logging
+  from absl import flags, logging
   from ml_collections import config_flags
 
   config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
@@ -261,7 +261,7 @@ def _cli() -> None:
     if values.out:
       epath.Path(values.out).write_text(table)
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -20,9 +20,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from rock_jax import boxes as box_lib
+from rock_jax import cli
 from rock_jax.configs.base import get_base_config
 
 _NUM_BOXES = flags.DEFINE_integer('num_boxes', 20_000, 'Synthetic ground-truth boxes.')
@@ -79,4 +80,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

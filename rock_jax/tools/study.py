@@ -43,7 +43,7 @@ from typing import Any
 
 from absl import app, flags
 
-from rock_jax import weighting
+from rock_jax import cli, weighting
 from rock_jax.configs import synthetic
 from rock_jax.tools import plot
 
@@ -454,13 +454,16 @@ def main(argv: Sequence[str]) -> None:
   config_steps = int(config.train.num_steps)
   steps = int(_STEPS.value or config_steps)
   boundaries = scaled_boundaries(config.train.lr_boundaries, config_steps, steps)
+  bad = [s for s in _SEEDS.value if not s.strip().lstrip('-').isdigit()]
+  if bad:
+    raise cli.UserError(f'--seeds: {bad[0]!r} is not an integer')
   seeds = [int(s) for s in _SEEDS.value]
   variants = list(_VARIANTS.value)
   for row in variants:
     try:
       split_row(row)
     except ValueError as e:
-      raise app.UsageError(str(e)) from None
+      raise cli.UserError(f'--variants: {e}') from None
   nice = ['nice', '-n', str(_NICE.value)] if _NICE.value else []
 
   runs: dict[str, list[dict]] = {v: [] for v in variants}
@@ -562,4 +565,4 @@ def write_figure(
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from rock_jax import cli
 from rock_jax.models import detector
 
 
@@ -107,7 +108,7 @@ def _cli() -> None:
   Flags are defined here, not at import, so that other tools (bench, the trainer) can
   import this module next to their own `--config` flag.
   """
-  from absl import app, flags
+  from absl import flags
   from ml_collections import config_flags
 
   config = config_flags.DEFINE_config_file('config', None, 'Experiment config file[:arg].')
@@ -120,7 +121,7 @@ def _cli() -> None:
     summary = summarize(config.value, flops=with_flops.value)
     print(json.dumps(summary) if as_json.value else format_table(summary))
 
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':
