@@ -9,8 +9,8 @@ and come with a count, so the whole thing runs on the accelerator under `jax.jit
 Clipping: by default the decoded boxes are clipped to the image before NMS. With
 `clip_before_nms=False` (`config.eval.clip_before_nms`, set by configs/rock_pytorch.py)
 NMS compares the unclipped boxes and only the returned boxes are clipped, as rock-pytorch
-decodes. The two differ when boxes cross the border: clipping makes two such boxes
-overlap more, so clip-first suppresses more of them (mostly among low scores).
+decodes. The two differ when boxes cross the border: clipping changes their overlaps,
+so NMS suppresses a different set (mostly among low scores).
 
 NMS is greedy over the (at most `pre_nms_top_k`) sorted candidates of each class: a
 `fori_loop` over candidate positions, vectorised over images and classes, on a

@@ -1,4 +1,4 @@
-"""rock-pytorch compatibility: its network as a config, its weights imported, its outputs reproduced.
+"""rock-pytorch compatibility: its network as a config, its weights imported, its outputs.
 
 The reference numbers come from `../shared/reference/rock_pytorch/` (outputs of the PyTorch
 network on weights that numpy rebuilds from `forward_recipe.json`) and from an independent
@@ -54,7 +54,7 @@ def reference_pboxes() -> np.ndarray:
 
 
 def to_project_order(x: np.ndarray) -> np.ndarray:
-  """Reference `[..., K, A_total]` (anchor-major per level) -> `[..., A_total, K]` (location-major)."""
+  """Reference `[..., K, A]` (anchor-major per level) -> `[..., A, K]` (location-major)."""
   parts, offset = [], 0
   for h, w, a in LEVELS:
     block = x[..., offset : offset + a * h * w].reshape(*x.shape[:-1], a, h, w)

@@ -14,8 +14,9 @@ ROCK refines the base feature map X (conv5) with auxiliary tasks:
   classes, the channel mean for dense scalars, the channel mean of each contiguous group
   of K_t / components maps for dense vectors.
 
-Convs followed by BatchNorm have no bias (`conv_bias` adds them, as rock-pytorch has). With the paper's tasks (27 / 128 / 3 x 128) and
-X of width 2048 the block has 4,802,587 parameters.
+Convs followed by BatchNorm have no bias (`conv_bias` adds them, as rock-pytorch has).
+With the paper's tasks (27 / 128 / 3 x 128) and X of width 2048 the block has 4,802,587
+parameters.
 """
 
 import dataclasses

@@ -6,9 +6,10 @@ stride-2 conv (padding 1, so n -> ceil(n / 2)) to the output width, each followe
 BatchNorm and ReLU as in the ResNet-SSD the reference builds on (set
 `model.ssd.extras_bn = False` for the original SSD's conv + bias + ReLU). An entry can also
 give the spatial conv's kernel, stride and padding (`rock_jax.boxes.extra_geometry`), and
-`model.ssd.extras_conv_bias` keeps conv biases before the BatchNorms (rock-pytorch). Every map gets a
-3x3 conv predicting 4 box offsets and one predicting num_classes + 1 scores for each of
-its `2 + 2 * len(aspect_ratios[k])` default boxes (order as `rock_jax.boxes.box_shapes`).
+`model.ssd.extras_conv_bias` keeps conv biases before the BatchNorms (rock-pytorch). Every
+map gets a 3x3 conv predicting 4 box offsets and one predicting num_classes + 1 scores for
+each of its `2 + 2 * len(aspect_ratios[k])` default boxes (order as
+`rock_jax.boxes.box_shapes`).
 
 `[B, h, w, k * 4]` is reshaped to `[B, h * w * k, 4]` and the maps are concatenated in
 order, which is the default-box order of `rock_jax.boxes.default_boxes`. Foreground class

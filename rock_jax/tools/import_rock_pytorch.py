@@ -27,8 +27,9 @@ Mapping (`entries` lists every key, in the reference's order):
 The output DIR is a checkpoint like a training run's (`DIR/checkpoints/0/{state,config}`,
 the config as JSON), so `--config.init_from=DIR` and `rock_jax.detect --checkpoint=DIR`
 read it. It holds no optimizer state: start runs from it with `init_from`, in another
-workdir, not by resuming in DIR. A missing, unexpected or mis-shaped key raises `WeightImportError` with one
-line naming the file and the key (shapes as in the file, torch layout).
+workdir, not by resuming in DIR. A missing, unexpected or mis-shaped key raises
+`WeightImportError` with one line naming the file and the key (shapes as in the file,
+torch layout).
 """
 
 import os
