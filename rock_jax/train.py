@@ -599,7 +599,12 @@ def _train(
         else 'last step',
       )
       if chosen in validation:  # The chosen checkpoint's validation metrics (this run's).
-        results['validation'] = eval_loop.scalar_results(validation[chosen], prefix='')
+        chosen_results = validation[chosen]
+        results['validation'] = {
+          'step': int(chosen),
+          'num_images': chosen_results.get('num_images'),
+          **eval_loop.scalar_results(chosen_results, prefix=''),
+        }
     elif results:
       # No test split: the result is the final evaluation on eval_split, of the last step.
       results.update(checkpoint_step=int(results.get('step') or num_steps))

@@ -194,10 +194,13 @@ def test_smoke_workdir_files(uninterrupted):
     ('train', 10),
     ('train', 20),
     ('train', 30),
-    ('eval', 30),
+    ('eval', 30),  # Validation, which chose the checkpoint.
+    ('test', 30),  # The test split, once, at the end.
   ]
   assert {'loss', 'loss/cls', 'loss/loc', 'learning_rate', 'grad_norm'} <= set(records[0])
+  assert {'loss', 'loss/cls', 'mAP@0.5', 'AR@100', 'depth_rmse'} <= set(records[-2])
   assert {'loss', 'loss/cls', 'mAP@0.5', 'AR@100', 'depth_rmse'} <= set(records[-1])
+  assert (workdir / 'eval' / f'test_{NUM_STEPS}' / 'detections.json').exists()
   eval_dir = workdir / 'eval' / str(NUM_STEPS)
   detections = json.loads((eval_dir / 'detections.json').read_text())
   assert detections and set(detections[0]) == {'image_id', 'category_id', 'bbox', 'score'}
@@ -282,6 +285,9 @@ def test_test_split_is_read_once_on_the_checkpoint_chosen_on_validation(
   calls = []
 
   class FakeEvaluator:
+    panels = []  # What the trainer reports besides the results: nothing here.
+    coco = None
+
     def __init__(self, config, model, mesh):
       del config, model, mesh
 
