@@ -165,6 +165,7 @@ def test_forward_matches_reference(recipe, variant, tmp_path):
     assert error <= 1e-4, f'{variant} {name}: relative error {error:.2e}'
 
 
+@pytest.mark.slow
 def test_head_batchnorm_momentum_is_the_references():
   """PyTorch momentum 0.01 in the ROCK block and SSD extras: new = 0.99 old + 0.01 batch.
 
