@@ -200,7 +200,9 @@ def test_dilation_semantics(output_stride, stage_sizes, expected):
 
 
 def test_v1_layout_strides_first_conv():
-  model = resnet.ResNet(depth=50, width=4, stage_sizes=(1, 1, 1, 1), layout='v1')
+  # 1x1 convs kept as convolutions, so that their strides show in the jaxpr (with 'dot'
+  # they slice then multiply: tests/test_layers.py checks that path against this one).
+  model = resnet.ResNet(depth=50, width=4, stage_sizes=(1, 1, 1, 1), layout='v1', conv_1x1='conv')
   images = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(lambda x: model.init(_key(0), x, train=False), images)
   # In v1 no 3x3 conv is strided; the stride sits on the 1x1 convs.
