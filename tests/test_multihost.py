@@ -244,7 +244,8 @@ def max_difference(a, b):
 @pytest.fixture(scope='module')
 def one_process(tmp_path_factory, data_dir, env):
   workdir = tmp_path_factory.mktemp('one')
-  finish(launch(workdir, data_dir, env, hosts=1))
+  # Keeps every checkpoint: the handoff test starts from step 2.
+  finish(launch(workdir, data_dir, env, hosts=1, extra=['train.keep_checkpoints=4']))
   return workdir
 
 
