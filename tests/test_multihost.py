@@ -244,7 +244,8 @@ def max_difference(a, b):
 @pytest.fixture(scope='module')
 def one_process(tmp_path_factory, data_dir, env):
   workdir = tmp_path_factory.mktemp('one')
-  finish(launch(workdir, data_dir, env, hosts=1))
+  # Keeps every checkpoint: the handoff test starts from step 2.
+  finish(launch(workdir, data_dir, env, hosts=1, extra=['train.keep_checkpoints=4']))
   return workdir
 
 
@@ -320,7 +321,7 @@ def test_one_process_checkpoint_resumed_on_two_hosts_survives_a_kill(
   killed = time.monotonic()
   out0 = processes[0].communicate(timeout=HEARTBEAT_S + 120)[0]
   stopped_after = time.monotonic() - killed
-  processes[1].wait()
+  processes[1].communicate()  # Reaps it and closes its pipe.
   assert processes[1].returncode == -signal.SIGKILL, 'host 1 ended before it could be killed'
   print(f'host 0 stopped {stopped_after:.1f} s after host 1 was killed')
   assert processes[0].returncode != 0 and stopped_after < HEARTBEAT_S + 60
