@@ -218,8 +218,7 @@ def resolve_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int]:
     FileNotFoundError: when no checkpoint is found there.
     CheckpointError: a step folder named explicitly is incomplete.
   """
-  directory, steps, explicit = _candidate_steps(path)
-  del explicit
+  directory, steps, _ = _candidate_steps(path)
   return directory, steps[0]
 
 
@@ -397,8 +396,10 @@ def load_checkpoint(path: str | epath.Path) -> tuple[epath.Path, int, dict[str, 
 
 
 def _read_variables(directory: epath.Path, step: int) -> dict[str, Any]:
-  """`{'params', 'batch_stats'}` of one step, as numpy (the PyTree handler reads
-  what StandardSave wrote and supports partial restores)."""
+  """`{'params', 'batch_stats'}` of one step, as numpy.
+
+  The PyTree handler reads what StandardSave wrote and supports partial restores.
+  """
   manager = _read_only_manager(
     directory, {STATE: ocp.PyTreeCheckpointHandler(), CONFIG: ocp.JsonCheckpointHandler()}
   )
