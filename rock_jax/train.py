@@ -347,6 +347,7 @@ def _evaluate_checkpoint(
   _publish_eval(
     results,
     evaluator,
+    step=step,
     kind='eval',
     workdir=workdir,
     writer=writer,
@@ -362,6 +363,7 @@ def _publish_eval(
   results: dict[str, Any],
   evaluator: eval_loop.Evaluator,
   *,
+  step: int,
   kind: str,
   workdir: epath.Path,
   writer: metric_writers.MetricWriter,
@@ -376,7 +378,6 @@ def _publish_eval(
   """
   if jax.process_index() != 0:
     return
-  step = int(results['step'])
   writer.write_scalars(step, eval_loop.scalar_results(results, prefix=f'{kind}/'))
   if evaluator.panels and kind == 'eval':
     writer.write_images(step, reporting.panel_images(evaluator.panels))
@@ -496,6 +497,7 @@ def _train(
     _publish_eval(
       results,
       evaluators[0],
+      step=step,
       kind='eval' if split == eval_split else 'test',
       workdir=workdir,
       writer=writer,
