@@ -205,6 +205,9 @@ def test_task_coverage_warns_once_per_task_without_valid_targets(caplog):
 class FakeEvaluator:
   """Stands in for `eval_loop.Evaluator` (no evaluation data is built)."""
 
+  panels = []  # Reported besides the results: nothing here.
+  coco = None
+
   def __init__(self, config, model, mesh):
     del config, model, mesh
 
