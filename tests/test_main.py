@@ -200,11 +200,11 @@ def test_smoke_workdir_files(uninterrupted):
   assert {'loss', 'loss/cls', 'loss/loc', 'learning_rate', 'grad_norm'} <= set(records[0])
   assert {'loss', 'loss/cls', 'mAP@0.5', 'AR@100', 'depth_rmse'} <= set(records[-2])
   assert {'loss', 'loss/cls', 'mAP@0.5', 'AR@100', 'depth_rmse'} <= set(records[-1])
-  assert (workdir / 'eval' / f'test_{NUM_STEPS}' / 'detections.json').exists()
   eval_dir = workdir / 'eval' / str(NUM_STEPS)
   detections = json.loads((eval_dir / 'detections.json').read_text())
   assert detections and set(detections[0]) == {'image_id', 'category_id', 'bbox', 'score'}
-  summary = json.loads((eval_dir / 'summary.json').read_text())
+  # results.json is the final test evaluation: its files are under eval/test_<step>/.
+  summary = json.loads((workdir / 'eval' / f'test_{NUM_STEPS}' / 'summary.json').read_text())
   results = json.loads((workdir / 'results.json').read_text())
   for name in evaluate.COCO_SUMMARY_NAMES:
     assert name in summary and name in results, name

@@ -55,11 +55,14 @@ def test_runs_follow_the_protocol():
   lr = ps.lr_run('R', 'B', 3e-4, 500, False)
   o = _overrides(lr)
   assert o['data.eval_split'] == 'validation' and o['model.variant'] == 'baseline'
+  assert o['data.test_split'] == ''  # Choosing the rate never reads the test split.
   assert o['init_backbone'] == 'B' and o['model.backbone.freeze_bn_stats'] == 'True'
   runs = [ps.table1_run('R', 'B', v, 1, 3e-4, 500, False) for v in ps.VARIANTS]
   for run in runs:
     o = _overrides(run)
-    assert o['data.eval_split'] == 'test' and o['seed'] == '1'
+    # The final step on validation, then the test split once (the trainer's rule).
+    assert o['data.eval_split'] == 'validation' and o['data.test_split'] == 'test'
+    assert o['seed'] == '1'
     assert o['train.learning_rate'] == '0.0003' and o['train.num_steps'] == '500'
     assert o['train.lr_boundaries'] == '(375,)' and o['train.optimizer'] == 'adam'
     assert o['model.backbone.freeze_bn_stats'] == 'True' and o['init_backbone'] == 'B'
