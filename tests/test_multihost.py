@@ -298,6 +298,10 @@ def test_two_hosts_evaluate_a_one_process_checkpoint(one_process, data_dir, env,
   numeric = [k for k, v in expected.items() if isinstance(v, float)]
   assert 'mAP@0.5' in numeric and 'depth_rmse' in numeric
   for key in numeric:
+    if key.startswith('loss'):
+      # The SSD loss normalises by the positives of each batch (hard negatives per batch):
+      # it depends on how the images are grouped into batches, which the host count changes.
+      continue
     if key.startswith(('mAP', 'AP@')):  # The same detections: the same COCO numbers.
       assert results[key] == pytest.approx(expected[key], abs=1e-9), key
     else:  # float32 sums over other groupings of the images (2 hosts: [0, 2], [1, 3]).

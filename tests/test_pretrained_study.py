@@ -180,4 +180,5 @@ def test_real_run_commands_parse_to_the_protocol():
   assert src.init_backbone == 'B'
   ft = _parse(runs[-1])
   assert ft.data.builder_config == 'cpu' and ft.init_from == source.workdir
-  assert ft.data.eval_split == 'test' and ft.init_backbone is None
+  assert (ft.data.eval_split, ft.data.test_split) == ('validation', 'test')
+  assert ft.init_backbone is None
