@@ -61,6 +61,7 @@ from rock_jax.tools import study
 REPO = study.REPO
 PARTS = ('backbone', 'lr', 'table1', 'source', 'finetune', 'diagnose')
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock', 'rock_no_aux')
+LOSS_PARTS = ('cls', 'loc', 'scene', 'depth', 'normals')  # Columns of the diagnosis tables.
 VARIANT_NAMES = {**study.VARIANT_NAMES, 'rock_no_aux': 'ROCK w/o aux. sup.'}
 # Table 5: the full ROCK architecture with every auxiliary loss weight 0.
 VARIANT_OVERRIDES = {
@@ -325,12 +326,12 @@ def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     '',
     '### Gradient norm each loss term sends into the shared backbone (weighted, init -> end)',
     '',
-    '| Run | ' + ' | '.join(['cls', 'loc', 'scene', 'depth', 'normals']) + ' |',
+    '| Run | ' + ' | '.join(LOSS_PARTS) + ' |',
     '|:---|' + '---:|' * 5,
   ]
   for name, d in diagnoses.items():
     cells = []
-    for part in ('cls', 'loc', 'scene', 'depth', 'normals'):
+    for part in LOSS_PARTS:
       gi, ge = d['init']['grad'].get(part), d['end']['grad'].get(part)
       if gi is None or (part not in ('cls', 'loc') and d['variant'] == 'baseline'):
         cells.append('-')
@@ -346,12 +347,12 @@ def _diagnosis_tables(diagnoses: Mapping[str, Mapping[str, Any]]) -> list[str]:
     '',
     '### Training loss per task (mean of the logged windows: first, middle, last)',
     '',
-    '| Run | ' + ' | '.join(['cls', 'loc', 'scene', 'depth', 'normals']) + ' |',
+    '| Run | ' + ' | '.join(LOSS_PARTS) + ' |',
     '|:---|' + '---:|' * 5,
   ]
   for name, d in diagnoses.items():
     cells = []
-    for part in ('cls', 'loc', 'scene', 'depth', 'normals'):
+    for part in LOSS_PARTS:
       curve = d.get('curves', {}).get(f'train/loss/{part}')
       if not curve or (part not in ('cls', 'loc') and d['variant'] == 'baseline'):
         cells.append('-')
