@@ -21,12 +21,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-DENSE_KEYS = ('depth', 'normals', 'normals_mask')
+# Every other field of an example is a dense map of the image (depth, normals, a mask).
+_NOT_DENSE = ('image', 'boxes', 'labels')
 # SSD crop modes: none, min-IoU 0.1 ... 0.9, unconstrained (-1 stands for no constraint).
 _MIN_IOUS = (-1.0, 0.1, 0.3, 0.5, 0.7, 0.9, -1.0)
 _NO_CROP, _UNCONSTRAINED = 0, 6
 
 Example = dict[str, tf.Tensor]
+
+
+def dense_keys(example: Mapping[str, tf.Tensor]) -> list[str]:
+  """The dense fields of an example (image-aligned maps), which move with the image."""
+  return [key for key in example if key not in _NOT_DENSE]
 
 
 def _iou(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
@@ -111,10 +117,9 @@ def crop(example: Mapping[str, tf.Tensor], window: tf.Tensor) -> Example:
   size_f = tf.cast(size, tf.float32)
   lo = tf.cast(start, tf.float32) / size_f  # The window actually cut, after rounding.
   extent = tf.cast(stop - start, tf.float32) / size_f
-  for key in DENSE_KEYS:
-    if key in example:
-      d_start, d_stop = _pixel_window(tf.concat([lo, lo + extent], 0), tf.shape(example[key])[:2])
-      out[key] = example[key][d_start[0] : d_stop[0], d_start[1] : d_stop[1]]
+  for key in dense_keys(example):
+    d_start, d_stop = _pixel_window(tf.concat([lo, lo + extent], 0), tf.shape(example[key])[:2])
+    out[key] = example[key][d_start[0] : d_stop[0], d_start[1] : d_stop[1]]
   if 'depth' in out:
     out['depth'] = out['depth'] * tf.sqrt(extent[0] * extent[1])
   boxes = tf.cast(example['boxes'], tf.float32)
@@ -149,15 +154,14 @@ def resize(
     if image.dtype == tf.uint8:
       image = tf.cast(image, tf.float32) / 255.0
     out['image'] = tf.image.resize(image, image_size, method='bilinear', antialias=False)
-  for key in DENSE_KEYS:
-    if key in example:
-      x = example[key]
-      dtype = x.dtype
-      x = x[..., None] if x.shape.rank == 2 else x
-      x = tf.cast(x, tf.uint8) if dtype == tf.bool else x
-      x = tf.image.resize(x, dense_size, method='nearest')
-      x = tf.cast(x, dtype) if dtype == tf.bool else x
-      out[key] = x[..., 0] if example[key].shape.rank == 2 else x
+  for key in dense_keys(example):
+    x = example[key]
+    dtype = x.dtype
+    x = x[..., None] if x.shape.rank == 2 else x
+    x = tf.cast(x, tf.uint8) if dtype == tf.bool else x
+    x = tf.image.resize(x, dense_size, method='nearest')
+    x = tf.cast(x, dtype) if dtype == tf.bool else x
+    out[key] = x[..., 0] if example[key].shape.rank == 2 else x
   return out
 
 
@@ -165,9 +169,8 @@ def flip(example: Mapping[str, tf.Tensor]) -> Example:
   """Mirrors left-right: image, dense fields, boxes; negates the normals' x."""
   out = dict(example)
   out['image'] = example['image'][:, ::-1]
-  for key in DENSE_KEYS:
-    if key in example:
-      out[key] = example[key][:, ::-1]
+  for key in dense_keys(example):
+    out[key] = example[key][:, ::-1]
   if 'normals' in out:
     out['normals'] = out['normals'] * tf.constant([-1.0, 1.0, 1.0], out['normals'].dtype)
   b = tf.cast(example['boxes'], tf.float32)

@@ -141,9 +141,16 @@ def box_shapes(
   return shapes
 
 
-def num_boxes_per_location(model_config: Any) -> list[int]:
-  """Returns the number of default boxes per location of each feature map."""
-  return [2 + 2 * len(ratios) for ratios in model_config.ssd.aspect_ratios]
+def boxes_per_location(aspect_ratios: Sequence[Sequence[float]]) -> tuple[int, ...]:
+  """Default boxes per location of each map: two squares plus r and 1/r per ratio (`box_shapes`).
+
+  Args:
+    aspect_ratios: One sequence of ratios per feature map (`config.model.ssd.aspect_ratios`).
+
+  Returns:
+    `2 + 2 * len(ratios)` for each map.
+  """
+  return tuple(2 + 2 * len(ratios) for ratios in aspect_ratios)
 
 
 def default_boxes(model_config: Any, image_size: Sequence[int]) -> np.ndarray:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import glob
-import importlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -54,12 +53,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rock_jax import boxes as box_lib
 from rock_jax import checkpoints, cli, evaluate, input_pipeline, panels, postprocess, serving
-from rock_jax.models import detector, rock
+from rock_jax import tasks as tasks_lib
+from rock_jax.models import detector
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
-# ImageNet statistics on [0, 1] pixels, exactly as the input pipeline normalises.
-MEAN_RGB = input_pipeline.IMAGENET_MEAN
-STDDEV_RGB = input_pipeline.IMAGENET_STD
 
 
 class DetectError(Exception):
@@ -102,29 +99,6 @@ def _one_line(error: Exception) -> str:
   return ' '.join(lines[:2]) + more
 
 
-def _dataset_names(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], tuple[str, ...]]:
-  """Object and scene class names from the dataset builder's features.
-
-  Reads the builder's `info` (from its code, or from `data.data_dir` when the dataset
-  is prepared there) without preparing anything, so detection works on a machine
-  without the data. Any failure (unknown builder, no `objects` feature) gives `()`.
-  """
-  try:
-    import tensorflow_datasets as tfds  # Only here: TFDS pulls in TensorFlow.
-
-    module = importlib.import_module(f'rock_jax.datasets.{config.data.name}')  # Registers it.
-    name = getattr(module, 'BUILDER_NAME', config.data.name)
-    builder_config = config.data.get('builder_config')
-    full = f'{name}/{builder_config}' if builder_config else name
-    features = tfds.builder(full, data_dir=config.data.get('data_dir')).info.features
-    objects = tuple(features['objects']['label'].names)
-    scenes = tuple(features['scene'].names) if 'scene' in features else ()
-  except Exception as e:  # noqa: BLE001 - names are cosmetic: fall back to 'class k'.
-    logging.warning('No class names for dataset %r: %s', config.data.name, _one_line(e))
-    return (), ()
-  return objects, scenes
-
-
 def class_names_for(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict]:
   """Returns the detector's class names and the image-level tasks' label names.
 
@@ -137,14 +111,19 @@ def class_names_for(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...],
   Returns:
     `(class_names, label_names)` with `label_names[task]` for image_class tasks.
   """
-  objects, scenes = _dataset_names(config)
+  try:
+    objects, labels = input_pipeline.class_names(config)
+  except Exception as e:  # noqa: BLE001 - names are cosmetic: fall back to 'class k'.
+    logging.warning('No class names for dataset %r: %s', config.data.name, _one_line(e))
+    objects, labels = (), {}
   num_classes = int(config.model.num_classes)
   if len(objects) != num_classes:
     objects = tuple(f'class {k}' for k in range(1, num_classes + 1))
   label_names = {}
-  for task in rock.parse_tasks(config.model):
+  for task in tasks_lib.active(config):
     if task.kind == 'image_class':
-      names = scenes if len(scenes) == task.width else ()
+      names = labels.get(task.name, ())
+      names = names if len(names) == task.width else ()
       label_names[task.name] = names or tuple(f'{task.name} {k}' for k in range(task.width))
   return objects, label_names
 
@@ -202,9 +181,7 @@ def load_model(
       f'(variant {config.model.variant!r}, {config.model.num_classes} classes): {detail}'
     ) from None
   class_names, label_names = class_names_for(config)
-  task_kinds = {t.name: t.kind for t in rock.parse_tasks(config.model)}
-  if config.model.variant == 'baseline':
-    task_kinds = {}
+  task_kinds = {t.name: t.kind for t in tasks_lib.active(config)}
   return LoadedModel(
     config=config,
     model=model,
@@ -328,32 +305,6 @@ def make_predict_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[dict, d
   return run
 
 
-def to_coco(
-  det: dict[str, np.ndarray], image_id: int, orig_size: Sequence[int]
-) -> list[dict[str, Any]]:
-  """Converts one image's detections to COCO results in original pixels.
-
-  Args:
-    det: one image of postprocess's output (no batch axis).
-    image_id: the COCO image id.
-    orig_size: `(H, W)` of the original image.
-
-  Returns:
-    `[{image_id, category_id, bbox: [x, y, w, h], score}, ...]`, best first.
-  """
-  height, width = (int(v) for v in orig_size)
-  return [
-    {
-      'image_id': int(image_id),
-      'category_id': int(det['classes'][i]),
-      # The evaluator's conversion (and clamp), so both write the same boxes.
-      'bbox': evaluate.to_pixels_xywh(det['boxes'][i], height, width),
-      'score': float(det['scores'][i]),
-    }
-    for i in range(int(det['num']))
-  ]
-
-
 def _index(tree: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
   return {k: v[i] for k, v in tree.items()}
 
@@ -451,7 +402,7 @@ def run(
       one_det, one_aux = _index(det, j), _index(aux, j)
       height, width = original.shape[:2]
       image_infos.append({'id': image_id, 'file_name': path.name, 'height': height, 'width': width})
-      results.extend(to_coco(one_det, image_id, (height, width)))
+      results.extend(evaluate.coco_detections(one_det, image_id, (height, width)))
       if write_panels:
         panel = panels.figure3_panel(
           original,

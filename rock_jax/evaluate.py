@@ -59,6 +59,33 @@ def to_pixels_xywh(box: np.ndarray, height: int, width: int) -> list[float]:
   return [x0 * width, y0 * height, max(x1 - x0, 0.0) * width, max(y1 - y0, 0.0) * height]
 
 
+def coco_detections(
+  det: Mapping[str, np.ndarray], image_id: int, orig_size: Sequence[int]
+) -> list[dict[str, Any]]:
+  """One image's detections as COCO results in original pixels (evaluator and detect).
+
+  Args:
+    det: one image of postprocess' output (no batch axis): `boxes`, `scores`, `classes`,
+      `num`.
+    image_id: the COCO image id.
+    orig_size: `(H, W)` of the original image.
+
+  Returns:
+    `[{image_id, category_id, bbox: [x, y, w, h], score}, ...]`, in postprocess' order
+    (best first).
+  """
+  height, width = (int(v) for v in orig_size)
+  return [
+    {
+      'image_id': int(image_id),
+      'category_id': int(det['classes'][n]),
+      'bbox': to_pixels_xywh(det['boxes'][n], height, width),
+      'score': float(det['scores'][n]),
+    }
+    for n in range(int(det['num']))
+  ]
+
+
 class CocoEvaluator:
   """Accumulates a dataset's detections and evaluates them with pycocotools."""
 
@@ -132,15 +159,9 @@ class CocoEvaluator:
             'iscrowd': 0,
           }
         )
-      for n in range(int(det['num'][b])):
-        self._dets.append(
-          {
-            'image_id': int(image_id),
-            'category_id': int(det['classes'][b, n]),
-            'bbox': to_pixels_xywh(det['boxes'][b, n], height, width),
-            'score': float(det['scores'][b, n]),
-          }
-        )
+      self._dets.extend(
+        coco_detections({k: v[b] for k, v in det.items()}, image_id, (height, width))
+      )
 
   def ground_truth_json(self) -> dict[str, Any]:
     """Returns the ground truth as a COCO dataset dict."""

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from rock_jax import cli, detect, postprocess, serving
+from rock_jax import cli, detect, input_pipeline, postprocess, serving
 
 
 def parse_batch(batch: str | int) -> int | None:
@@ -159,8 +159,8 @@ def run(
     'batch': batch_size,
     'with_postprocess': bool(with_postprocess),
     'image_size': list(image_size),
-    'mean_rgb': list(detect.MEAN_RGB),
-    'std_rgb': list(detect.STDDEV_RGB),
+    'mean_rgb': list(input_pipeline.IMAGENET_MEAN),
+    'std_rgb': list(input_pipeline.IMAGENET_STD),
     'class_names': list(loaded.class_names),
     'platform': jax.default_backend(),
     'jax_version': jax.__version__,

@@ -2,11 +2,12 @@
 
 Batch contract (docs/DESIGN.md, "Data"): `image` `[B, H, W, 3]` float32 ImageNet-
 normalised; `box_targets` `[B, A, 4]`, `cls_targets` `[B, A]` (from
-`rock_jax.matching.match_and_encode` against `rock_jax.boxes.default_boxes`); `scene`
-`[B]`; `depth`, `depth_mask`, `normals_mask` `[B, h, w]` and `normals` `[B, h, w, 3]` at
-the conv5 grid `(ceil(H / s), ceil(W / s))`; presence flags `has_scene`, `has_depth`,
-`has_normals` `[B]` (per example, so mixtures of datasets with different annotations
-work). Evaluation batches add `image_id`, `orig_size`, `gt_boxes`, `gt_labels`,
+`rock_jax.matching.match_and_encode` against `rock_jax.boxes.default_boxes`); per task
+of `config.model.tasks` (`rock_jax.tasks`), its entries by kind (`KIND_TARGETS`): an
+image_class task `t` (scene) `t` `[B]` int32; a dense task `t` (depth, normals) `t`
+`[B, h, w]` or `[B, h, w, components]` and `t_mask` `[B, h, w]` at the conv5 grid
+`(ceil(H / s), ceil(W / s))`; and the presence flag `has_t` `[B]` (per example, so
+mixtures of datasets with different annotations work). Evaluation batches add `image_id`, `orig_size`, `gt_boxes`, `gt_labels`,
 `gt_mask` (padded to `data.max_boxes`) and `valid` (0 for padding examples).
 
 Determinism and resuming: the training stream is a pure function of `(config, seed,
@@ -43,6 +44,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from rock_jax import augment, boxes, console, matching
+from rock_jax import tasks as tasks_lib
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -50,9 +52,51 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # DENSE_FACTOR x DENSE_FACTOR block's valid samples are averaged (area average).
 DENSE_FACTOR = 4
 _MIX_BLOCK = 1024  # Mixture choices are drawn in blocks of this many elements.
-_LAZY_KEYS = ('image', 'depth', 'normals', 'normals_mask')  # Decoded after shuffle/skip.
 
 Batch = dict[str, tf.Tensor]
+
+
+def _registered_builder(
+  name: str, builder_config: str | None, data_dir: str | None
+) -> tfds.core.DatasetBuilder:
+  """The TFDS builder of a `rock_jax.datasets` module (imported: that registers it)."""
+  module_name = f'rock_jax.datasets.{name}'
+  try:
+    module = importlib.import_module(module_name)
+    # A module may register under another name (TFDS has its own `cityscapes`).
+    name = getattr(module, 'BUILDER_NAME', name)
+  except ModuleNotFoundError as e:
+    if e.name != module_name:
+      raise  # A dependency of the module is missing: say so.
+    # Otherwise registered elsewhere (e.g. by a test); tfds.builder fails if not.
+  full = f'{name}/{builder_config}' if builder_config else name
+  return tfds.builder(full, data_dir=data_dir)
+
+
+def class_names(
+  config: ml_collections.ConfigDict,
+) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+  """The dataset's detection class names and the label names of its image-level tasks.
+
+  Read from the builder's features (its code), without preparing anything, so a
+  machine without the data can name the classes.
+
+  Args:
+    config: the experiment config (`data.name`, `data.builder_config`, `data.data_dir`).
+
+  Returns:
+    (the C foreground class names in label order, {task: label names} for each active
+    image_class task whose source the dataset has).
+  """
+  data = config.data
+  builder = _registered_builder(data.name, data.get('builder_config'), data.get('data_dir'))
+  features = builder.info.features
+  labels = {
+    task.name: tuple(features[task.source].names)
+    for task in tasks_lib.active(config)
+    if task.kind == 'image_class' and task.source in features
+  }
+  return tuple(features['objects']['label'].names), labels
 
 
 def get_builder(
@@ -75,17 +119,7 @@ def get_builder(
   Returns:
     The prepared builder.
   """
-  module_name = f'rock_jax.datasets.{name}'
-  try:
-    module = importlib.import_module(module_name)  # Registers the builder.
-    # A module may register under another name (TFDS has its own `cityscapes`).
-    name = getattr(module, 'BUILDER_NAME', name)
-  except ModuleNotFoundError as e:
-    if e.name != module_name:
-      raise  # A dependency of the module is missing: say so.
-    # Otherwise registered elsewhere (e.g. by a test); tfds.builder fails if not.
-  full = f'{name}/{builder_config}' if builder_config else name
-  builder = tfds.builder(full, data_dir=data_dir)
+  builder = _registered_builder(name, builder_config, data_dir)
   if not builder.is_prepared():
     console.build_progress(
       builder,
@@ -99,6 +133,12 @@ def get_builder(
 def normalize_image(image: tf.Tensor) -> tf.Tensor:
   """`[0, 1]` RGB -> the model's input scale (ImageNet mean and standard deviation)."""
   return (image - tf.constant(IMAGENET_MEAN)) / tf.constant(IMAGENET_STD)
+
+
+def image_pixels(image: np.ndarray) -> np.ndarray:
+  """The inverse of `normalize_image`, on the host: model inputs -> uint8 RGB pixels."""
+  pixels = np.asarray(image, np.float32) * np.float32(IMAGENET_STD) + np.float32(IMAGENET_MEAN)
+  return np.clip(pixels * 255.0, 0, 255).astype(np.uint8)
 
 
 def preprocess_image(image: tf.Tensor | np.ndarray, image_size: Sequence[int]) -> tf.Tensor:
@@ -169,10 +209,23 @@ def _host_slice(
   return f'{split}[{start}:{start + size}]', size
 
 
-def _decode(raw: Mapping[str, Any], features: tfds.features.FeaturesDict) -> dict[str, tf.Tensor]:
-  """Decodes the lazily read fields and renames to the augmentation's example dict."""
+def _lazy_keys(
+  config: ml_collections.ConfigDict, features: tfds.features.FeaturesDict
+) -> tuple[str, ...]:
+  """The image and the dense fields the tasks read: decoded after shuffling and skipping."""
+  keys = ['image']
+  for task in tasks_lib.parse(config.model):
+    if task.dense:
+      keys += [task.source, f'{task.source}_mask']
+  return tuple(k for k in dict.fromkeys(keys) if k in features)
+
+
+def _decode(
+  raw: Mapping[str, Any], features: tfds.features.FeaturesDict, keys: Sequence[str]
+) -> dict[str, tf.Tensor]:
+  """Decodes the lazily read fields `keys` into the augmentation's example dict."""
   ex = {}
-  for key in _LAZY_KEYS:
+  for key in keys:
     if key in raw:
       ex[key] = features[key].decode_example(raw[key])
   ex['boxes'] = tf.reshape(tf.cast(raw['objects']['bbox'], tf.float32), [-1, 4])
@@ -191,6 +244,71 @@ def _area_average(values: tf.Tensor, valid: tf.Tensor, factor: int) -> tuple[tf.
   return total / tf.maximum(count, 1.0), count[..., 0] > 0
 
 
+def _image_class_target(
+  task: tasks_lib.Task, ex: Mapping[str, tf.Tensor], raw: Mapping[str, Any], grid: tuple[int, int]
+) -> Batch:
+  """`t` (int32 label) and `has_t`, from the example's `source` class label."""
+  del ex, grid  # An image label is not augmented.
+  present = task.source in raw
+  label = tf.cast(raw[task.source], tf.int32) if present else tf.constant(0, tf.int32)
+  return {task.name: label, f'has_{task.name}': tf.constant(float(present))}
+
+
+def _dense_target(
+  task: tasks_lib.Task,
+  ex: Mapping[str, tf.Tensor],
+  grid: tuple[int, int],
+  default_valid: Any,
+  finish: Any = None,
+) -> Batch:
+  """`t`, `t_mask` (at the conv5 grid) and `has_t` of a dense task (zeros when absent)."""
+  h, w = grid
+  name, source = task.name, task.source
+  channels = [] if task.kind == 'dense_scalar' else [task.components]
+  if source not in ex:
+    zeros = tf.zeros([h, w, *channels])
+    return {name: zeros, f'{name}_mask': tf.zeros([h, w]), f'has_{name}': tf.constant(0.0)}
+  values = ex[source]
+  valid = ex[f'{source}_mask'] if f'{source}_mask' in ex else default_valid(values)
+  values = values[..., None] if not channels else values
+  average, covered = _area_average(values, valid, DENSE_FACTOR)
+  average = average[..., 0] if not channels else average
+  if finish is not None:
+    average = finish(average)
+  return {
+    name: average,
+    f'{name}_mask': tf.cast(covered, tf.float32),
+    f'has_{name}': tf.constant(1.0),
+  }
+
+
+def _dense_scalar_target(
+  task: tasks_lib.Task, ex: Mapping[str, tf.Tensor], raw: Mapping[str, Any], grid: tuple[int, int]
+) -> Batch:
+  """A positive map (depth, disparity): the block average of its valid (> 0) samples."""
+  del raw
+  return _dense_target(task, ex, grid, lambda values: values > 0)
+
+
+def _dense_vector_target(
+  task: tasks_lib.Task, ex: Mapping[str, tf.Tensor], raw: Mapping[str, Any], grid: tuple[int, int]
+) -> Batch:
+  """A direction map (normals): the block average, scaled back to unit length."""
+  del raw
+  unit = lambda v: tf.math.divide_no_nan(v, tf.norm(v, axis=-1, keepdims=True))
+  return _dense_target(task, ex, grid, lambda values: tf.ones(tf.shape(values)[:2], tf.bool), unit)
+
+
+# The batch entries of a task (`tasks.Task.batch_keys`) by kind: `(task, ex, raw, grid)`,
+# where `ex` is the augmented example (dense fields at DENSE_FACTOR x the grid) and `raw`
+# the TFDS example (image-level labels).
+KIND_TARGETS = {
+  'image_class': _image_class_target,
+  'dense_scalar': _dense_scalar_target,
+  'dense_vector': _dense_vector_target,
+}
+
+
 def _targets(
   ex: Mapping[str, tf.Tensor],
   raw: Mapping[str, Any],
@@ -206,7 +324,6 @@ def _targets(
   `ex['image']` (resized, in [0, 1]) is normalised.
   """
   data = config.data
-  h, w = grid
   image = normalize_image(ex['image']) if image is None else image
   num = tf.minimum(tf.shape(ex['boxes'])[0], data.max_boxes)
   pad = [[0, data.max_boxes - num]]
@@ -234,28 +351,8 @@ def _targets(
     'gt_labels': gt_labels,
     'gt_mask': gt_mask,
   }
-  if 'scene' in raw:
-    out['scene'] = tf.cast(raw['scene'], tf.int32)
-    out['has_scene'] = tf.constant(1.0)
-  else:
-    out['scene'] = tf.constant(0, tf.int32)
-    out['has_scene'] = tf.constant(0.0)
-  if 'depth' in ex:
-    depth, valid = _area_average(ex['depth'][..., None], ex['depth'] > 0, DENSE_FACTOR)
-    out['depth'], out['depth_mask'] = depth[..., 0], tf.cast(valid, tf.float32)
-    out['has_depth'] = tf.constant(1.0)
-  else:
-    out['depth'], out['depth_mask'] = tf.zeros([h, w]), tf.zeros([h, w])
-    out['has_depth'] = tf.constant(0.0)
-  if 'normals' in ex:
-    mask = ex.get('normals_mask', tf.ones(tf.shape(ex['normals'])[:2], tf.bool))
-    normals, valid = _area_average(ex['normals'], mask, DENSE_FACTOR)
-    normals = tf.math.divide_no_nan(normals, tf.norm(normals, axis=-1, keepdims=True))
-    out['normals'], out['normals_mask'] = normals, tf.cast(valid, tf.float32)
-    out['has_normals'] = tf.constant(1.0)
-  else:
-    out['normals'], out['normals_mask'] = tf.zeros([h, w, 3]), tf.zeros([h, w])
-    out['has_normals'] = tf.constant(0.0)
+  for task in tasks_lib.parse(config.model):
+    out.update(KIND_TARGETS[task.kind](task, ex, raw, grid))
   return out
 
 
@@ -374,15 +471,16 @@ def _shard_stream(
     if size == 0:
       raise ValueError(f'{name}: {total} training examples for {shards} shards.')
     features = builder.info.features
-    decoders = {key: tfds.decode.SkipDecoding() for key in _LAZY_KEYS if key in features}
+    lazy = _lazy_keys(config, features)
+    decoders = {key: tfds.decode.SkipDecoding() for key in lazy}
     base = builder.as_dataset(split=shard_split, shuffle_files=False, decoders=decoders)
     source_seed = seed * 100 + k
     stream = _epoch_stream(
       base, size, tf.constant(source_seed, tf.int64), data.shuffle_buffer, int(consumed[k])
     )
 
-    def process(position, raw, features=features, source_seed=source_seed):
-      ex = _decode(raw, features)
+    def process(position, raw, features=features, source_seed=source_seed, lazy=lazy):
+      ex = _decode(raw, features, lazy)
       if data.augment:
         ex = augment.augment_example(
           ex,
@@ -448,11 +546,12 @@ def create_eval_dataset(
   # Every host runs the batches of the largest share.
   num_batches = math.ceil(math.ceil(total / count) / host_batch)
   features = builder.info.features
-  decoders = {key: tfds.decode.SkipDecoding() for key in _LAZY_KEYS if key in features}
+  lazy = _lazy_keys(config, features)
+  decoders = {key: tfds.decode.SkipDecoding() for key in lazy}
   ds = builder.as_dataset(split=shard, shuffle_files=False, decoders=decoders)
 
   def process(raw):
-    ex = _decode(raw, features)
+    ex = _decode(raw, features, lazy)
     orig_size = tf.shape(ex['image'])[:2]
     # The model input exactly as `rock_jax.detect` makes it from a photo.
     image = preprocess_image(ex['image'], image_size)

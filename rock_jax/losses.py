@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rock_jax import tasks as tasks_lib
+
 Array = jax.Array
 _EPS = 1e-6  # Normals normalisation and berHu threshold floor.
 
@@ -313,20 +315,13 @@ KIND_LOSSES: dict[str, TaskLoss] = {
 }
 
 
-def parse_tasks(tasks: str) -> list[str]:
-  """Splits `config.model.tasks` ('scene,depth' or '') into names."""
-  return [t.strip() for t in tasks.split(',') if t.strip()]
-
-
-def task_loss_fn(task: str, config: Any) -> TaskLoss:
+def task_loss_fn(task: tasks_lib.Task) -> TaskLoss:
   """Returns the loss function of an auxiliary task (by name, else by kind)."""
-  if task in TASK_LOSSES:
-    return TASK_LOSSES[task]
-  specs = config.model.task_specs
-  kind = specs[task]['kind'] if task in specs else None
-  if kind in KIND_LOSSES:
-    return KIND_LOSSES[kind]
-  raise ValueError(f'No loss for auxiliary task {task!r} (kind {kind!r}).')
+  if task.name in TASK_LOSSES:
+    return TASK_LOSSES[task.name]
+  if task.kind in KIND_LOSSES:
+    return KIND_LOSSES[task.kind]
+  raise ValueError(f'No loss for auxiliary task {task.name!r} (kind {task.kind!r}).')
 
 
 def multi_loss(
@@ -356,10 +351,10 @@ def multi_loss(
   )
   parts = {'cls': cls_loss, 'loc': loc_loss}
   aux = outputs.get('aux') or {}
-  for task in parse_tasks(config.model.tasks):
-    if task in aux:
-      parts[task] = task_loss_fn(task, config)(task, aux, batch, config)
+  for task in tasks_lib.parse(config.model):
+    if task.name in aux:
+      parts[task.name] = task_loss_fn(task)(task.name, aux, batch, config)
     else:
-      parts[task] = jnp.zeros([], jnp.float32)
+      parts[task.name] = jnp.zeros([], jnp.float32)
   total = sum(weights.get(name, 1.0) * value for name, value in parts.items())
   return total, parts

@@ -572,3 +572,46 @@ def figure3_panel(
   bottom = [(f'ground truth: {len(gt_boxes)} box{plural}', gt_drawn)]
   bottom += target_tiles(tile, targets, aux, task_kinds, label_names)
   return stack_rows([top, compose(bottom)])
+
+
+def eval_panels(
+  images: np.ndarray,
+  batch: Mapping[str, np.ndarray],
+  det: Mapping[str, np.ndarray],
+  aux: Mapping[str, np.ndarray],
+  keep: np.ndarray,
+  *,
+  class_names: Sequence[str],
+  label_names: Mapping[str, Sequence[str]],
+  task_kinds: Mapping[str, str],
+  limit: int,
+) -> list[tuple[int, Image.Image]]:
+  """The Figure-3 panels of the first `limit` kept images of an eval batch.
+
+  Args:
+    images: `[B, H, W, 3]` uint8 pixels of the batch's images.
+    batch: the host's eval batch (`image_id`, the task targets).
+    det: postprocess' detections of the batch.
+    aux: the auxiliary outputs of the batch.
+    keep: `[B]` real (not padding) examples.
+    class_names: the detector's class names.
+    label_names: label names of the image-level tasks.
+    task_kinds: task name -> kind, of the active tasks.
+    limit: at most this many panels.
+
+  Returns:
+    `[(image id, panel)]`.
+  """
+  out = []
+  for i in np.flatnonzero(keep[: len(images)])[: max(0, limit)]:
+    panel = figure3_panel(
+      images[i],
+      {k: v[i] for k, v in det.items()},
+      {k: v[i] for k, v in aux.items()},
+      class_names=class_names,
+      task_kinds=task_kinds,
+      label_names=label_names,
+      targets=targets_of(batch, i, task_kinds),
+    )
+    out.append((int(batch['image_id'][i]), panel))
+  return out

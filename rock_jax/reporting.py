@@ -32,7 +32,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -42,6 +42,7 @@ from clu import metric_writers
 from etils import epath
 
 from rock_jax import evaluate
+from rock_jax import tasks as tasks_lib
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
@@ -335,3 +336,77 @@ def write_eval_files(
 def panel_images(panels: list[tuple[int, Any]]) -> dict[str, np.ndarray]:
   """`{'panels/<image_id>': uint8 [1, H, W, 3]}` for `writer.write_images`."""
   return {f'panels/{image_id}': np.asarray(image)[None] for image_id, image in panels}
+
+
+def scalar_results(results: Mapping[str, Any], prefix: str = 'eval/') -> dict[str, float]:
+  """The numeric entries of `results`, for the metric writers (`eval/...`)."""
+  return {f'{prefix}{k}': v for k, v in metric_values(results).items()}
+
+
+def format_results(results: Mapping[str, Any], class_names: Sequence[str], name: str = '') -> str:
+  """The paper's Table-3 layout (AP@0.5 per class, in %) and the three mAPs.
+
+  The other metrics are in the evaluation table printed before (`reporting.format_eval`)
+  and in results.json.
+
+  Args:
+    results: from `Evaluator.run`.
+    class_names: the table's class columns.
+    name: the model name in the first column.
+
+  Returns:
+    A title line, the table and one line with mAP@0.5, mAP@0.75 and mAP@[0.5:0.95].
+  """
+  lines = [
+    f'Final results, AP@0.5 per class in % ({results.get("split")} split, step '
+    f'{results.get("step")}, {results.get("num_images")} images):'
+  ]
+  lines.append(evaluate.table(results, class_names, fmt='text', name=name))
+  # The table shows mAP@0.5 and the per-class AP@0.5; the stricter averages follow.
+  lines.append(
+    '  '.join(
+      f'{key}: ' + ('n/a' if results.get(key) is None else f'{results[key]:.4f}')
+      for key in ('mAP@0.5', 'mAP@0.75', 'mAP@[0.5:0.95]')
+      if key in results
+    )
+  )
+  return '\n'.join(lines)
+
+
+def write_final(
+  results: Mapping[str, Any],
+  workdir: str | epath.Path,
+  class_names: Sequence[str],
+  config: ml_collections.ConfigDict,
+) -> None:
+  """Process 0 writes `workdir/results.json`, prints the per-class table and the files."""
+  if jax.process_index() != 0 or not results:
+    return
+  workdir = epath.Path(workdir)
+  path = workdir / 'results.json'
+  path.write_text(json.dumps(to_json(results), indent=2, sort_keys=True) + '\n')
+  tasks = ','.join(tasks_lib.names(config))
+  name = f'{config.model.variant} ({tasks or "no aux"})'
+  print(format_results(results, class_names, name), flush=True)
+  written = [
+    ('results', path),
+    ('config', workdir / CONFIG_FILE),
+    ('metrics log', workdir / METRICS_FILE),
+    ('COCO json', workdir / EVAL_DIR),
+    ('TensorBoard logs', f'{workdir}  (tensorboard --logdir={workdir})'),
+    ('checkpoints', workdir / 'checkpoints'),
+    ('Figure-3 panels', workdir / 'panels'),
+  ]
+  for what, where in written:
+    if not isinstance(where, str) and not where.exists():
+      continue
+    print(f'{what + ":":<18}{where}', flush=True)
+
+
+def write_panels(panels: list[tuple[int, Any]], directory: str | epath.Path) -> None:
+  """Writes each `(image id, PIL image)` panel to `directory/panel_<image id>.png`."""
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  for image_id, panel in panels:
+    with (directory / f'panel_{image_id}.png').open('wb') as f:
+      panel.save(f, format='PNG')

@@ -15,6 +15,7 @@ pipeline restarts at the restored step, so an interrupted and resumed run ends
 with the same parameters as an uninterrupted one.
 """
 
+import dataclasses
 import functools
 import json
 import time
@@ -44,6 +45,7 @@ from rock_jax import (
   validate,
   weighting,
 )
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector
 
 # Batch entries the train step needs besides the per-task ones.
@@ -55,6 +57,11 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any = None
   weighting: Any = None  # `rock_jax.weighting.init_state`: {} for the fixed weights.
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The model's variables `{'params', 'batch_stats'}` (what `model.apply` takes)."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -125,19 +132,62 @@ def create_train_state(
   )
 
 
-def task_names(config: ml_collections.ConfigDict) -> list[str]:
-  """The auxiliary tasks of the config, in order (none for the baseline)."""
-  if config.model.variant == 'baseline':
-    return []
-  return losses.parse_tasks(config.model.tasks)
-
-
 def train_batch_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The batch entries the train step reads (image, targets, per-task data)."""
-  keys = list(_TRAIN_KEYS)
-  for task in task_names(config):
-    keys += [task, f'has_{task}', f'{task}_mask']
-  return tuple(keys)
+  return (*_TRAIN_KEYS, *tasks_lib.batch_keys(config))
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFunctions:
+  """The trainer's jitted functions on a `('data',)` mesh (call them under `jax.set_mesh`).
+
+  Attributes:
+    init: `rng -> TrainState`, replicated.
+    step: `(state, batch, rng) -> (state, metrics)`: `train_step` with the state
+      replicated and donated, the batch sharded over 'data' (`shard_batch`).
+    abstract_state: the state's shapes, dtypes and shardings (for restoring).
+    replicated: the sharding of the state.
+    data: the sharding of a batch.
+  """
+
+  init: Callable[[jax.Array], TrainState]
+  step: Callable[..., tuple[TrainState, dict[str, jax.Array]]]
+  abstract_state: Any
+  replicated: NamedSharding
+  data: NamedSharding
+
+
+def step_functions(
+  config: ml_collections.ConfigDict,
+  model: detector.Detector,
+  mesh: jax.sharding.Mesh,
+  *,
+  loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] = losses.multi_loss,
+  donate: bool = True,
+) -> StepFunctions:
+  """Jits `create_train_state` and `train_step` for `config` on `mesh`: the one place.
+
+  Args:
+    config: the experiment config.
+    model: `detector.build_model(config)`.
+    mesh: the `('data',)` mesh.
+    loss_fn: replaces `losses.multi_loss` (e.g. wrapped in a named scope for a profile).
+    donate: donate the state to the step (False keeps the input state alive).
+  """
+  replicated = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P('data'))
+  init = jax.jit(functools.partial(create_train_state, config, model), out_shardings=replicated)
+  abstract = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    jax.eval_shape(init, jax.random.key(0)),
+  )
+  step = jax.jit(
+    functools.partial(train_step, model=model, config=config, loss_fn=loss_fn),
+    in_shardings=(replicated, data, replicated),
+    out_shardings=(replicated, replicated),
+    donate_argnums=(0,) if donate else (),
+  )
+  return StepFunctions(init, step, abstract, replicated, data)
 
 
 def train_step(
@@ -164,7 +214,7 @@ def train_step(
     weights in force, `rock_jax.weighting`), `grad_norm`, `learning_rate`, and
     `finite` (1 when the loss, every part and the gradient are finite)).
   """
-  with_aux = bool(task_names(config))
+  with_aux = bool(tasks_lib.active(config))
 
   def compute_loss(params):
     variables = {'params': params, 'batch_stats': state.batch_stats}
@@ -355,7 +405,7 @@ def _evaluate_checkpoint(
     seconds=time.perf_counter() - begin,
   )
   writer.close()
-  evaluator.report(results, workdir)
+  reporting.write_final(results, workdir, evaluator.class_names, config)
   return results
 
 
@@ -378,7 +428,7 @@ def _publish_eval(
   """
   if jax.process_index() != 0:
     return
-  writer.write_scalars(step, eval_loop.scalar_results(results, prefix=f'{kind}/'))
+  writer.write_scalars(step, reporting.scalar_results(results, prefix=f'{kind}/'))
   if evaluator.panels and kind == 'eval':
     writer.write_images(step, reporting.panel_images(evaluator.panels))
   writer.flush()
@@ -408,11 +458,7 @@ def _train(
 
   model = detector.build_model(config)
   init_rng, step_base_rng = jax.random.split(jax.random.key(config.seed))
-  init_fn = jax.jit(functools.partial(create_train_state, config, model), out_shardings=replicated)
-  abstract_state = jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    jax.eval_shape(init_fn, init_rng),
-  )
+  functions = step_functions(config, model, mesh)
   manager = checkpoints.create_manager(
     checkpoints.checkpoint_dir(workdir),
     keep=config.train.keep_checkpoints,
@@ -429,8 +475,8 @@ def _train(
   state, source = checkpoints.restore_or_initialize(
     config,
     manager,
-    init_state=lambda: init_fn(init_rng),
-    abstract_state=abstract_state,
+    init_state=lambda: functions.init(init_rng),
+    abstract_state=functions.abstract_state,
     with_variables=with_variables,
     load_backbone=_load_backbone,
     accept_config_changes=accept_config_changes,
@@ -440,12 +486,7 @@ def _train(
   logging.info('Train state %s; steps %d -> %d.', source, start_step, num_steps)
   progress = reporting.Progress(num_steps)
 
-  step_fn = jax.jit(
-    functools.partial(train_step, model=model, config=config),
-    in_shardings=(replicated, data_sharding, replicated),
-    out_shardings=(replicated, replicated),
-    donate_argnums=(0,),
-  )
+  step_fn = functions.step
   keys = train_batch_keys(config)
   batches: Iterator[dict[str, np.ndarray]] = iter(())
   if start_step < num_steps:
@@ -470,7 +511,7 @@ def _train(
     )
   history: list[dict[str, float]] = []
   # Warns once when a task has no valid target in the first (up to 20) batches.
-  coverage = validate.TaskCoverage(task_names(config), min(20, num_steps - start_step))
+  coverage = validate.TaskCoverage(tasks_lib.names(config), min(20, num_steps - start_step))
   pending: tuple[int, dict[str, jax.Array]] | None = None
   results: dict[str, Any] = {}
   evaluators: list[eval_loop.Evaluator] = []
@@ -491,7 +532,7 @@ def _train(
     # Built on first use: it reads the dataset's class names.
     if not evaluators:
       evaluators.append(eval_loop.Evaluator(config, model, mesh))
-    target = state if variables is None else variables
+    target = state.variables if variables is None else variables
     begin = time.perf_counter()
     results = evaluators[0].run(target, split, step=step, panels_dir=panels_dir)
     _publish_eval(
@@ -605,7 +646,7 @@ def _train(
         results['validation'] = {
           'step': int(chosen),
           'num_images': chosen_results.get('num_images'),
-          **eval_loop.scalar_results(chosen_results, prefix=''),
+          **reporting.scalar_results(chosen_results, prefix=''),
         }
     elif results:
       # No test split: the result is the final evaluation on eval_split, of the last step.
@@ -616,7 +657,7 @@ def _train(
     manager.close()
     writer.flush()
   if evaluators:
-    evaluators[0].report(results, workdir)
+    reporting.write_final(results, workdir, evaluators[0].class_names, config)
   return results
 
 

@@ -12,7 +12,8 @@ import importlib.util
 import ml_collections
 
 from rock_jax import cli, losses
-from rock_jax.models import detector, rock
+from rock_jax import tasks as tasks_lib
+from rock_jax.models import detector
 
 MODES = ('train', 'eval')
 # Split names of the project's builders, by (dataset, builder config); None: the default.
@@ -75,11 +76,10 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(
       f'config.model.variant: unknown variant {model.variant!r} (one of {", ".join(detector.VARIANTS)})'
     )
-  if model.variant != 'baseline':
+  if model.variant != tasks_lib.BASELINE:
     try:
-      tasks = rock.parse_tasks(model)
-      for task in tasks:
-        losses.task_loss_fn(task.name, config)
+      for task in tasks_lib.parse(model):
+        losses.task_loss_fn(task)
     except (ValueError, KeyError) as e:
       known = ', '.join(model.task_specs.keys())
       raise ConfigError(f'config.model.tasks={model.tasks!r}: {e} (known: {known})') from None

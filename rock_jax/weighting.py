@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from rock_jax import losses
+from rock_jax import tasks as tasks_lib
 
 Array = jax.Array
 METHODS = ('fixed', 'uncertainty', 'dwa', 'pcgrad')
@@ -52,8 +52,7 @@ def method(config: ml_collections.ConfigDict) -> str:
 
 def part_names(config: ml_collections.ConfigDict) -> list[str]:
   """The loss parts in order: `cls`, `loc`, then the auxiliary tasks (none for baseline)."""
-  tasks = [] if config.model.variant == 'baseline' else losses.parse_tasks(config.model.tasks)
-  return ['cls', 'loc', *tasks]
+  return ['cls', 'loc', *tasks_lib.names(config)]
 
 
 def base_weights(config: ml_collections.ConfigDict) -> jnp.ndarray:

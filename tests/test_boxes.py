@@ -63,7 +63,7 @@ def test_box_shapes_order_and_sizes():
 def test_default_boxes_paper_config_order():
   config = get_base_config()
   d = boxes.default_boxes(config.model, (480, 640))
-  per_loc = boxes.num_boxes_per_location(config.model)
+  per_loc = boxes.boxes_per_location(config.model.ssd.aspect_ratios)
   sizes = boxes.feature_map_sizes((480, 640), 16, 6)
   assert per_loc == [4, 6, 6, 6, 4, 4, 4]
   assert d.shape == (sum(h * w * k for (h, w), k in zip(sizes, per_loc, strict=True)), 4)

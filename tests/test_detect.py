@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from configs import nyuv2, synthetic
-from rock_jax import checkpoints, detect, eval_loop, input_pipeline, panels, train
+from rock_jax import checkpoints, detect, eval_loop, evaluate, input_pipeline, panels, train
 from rock_jax.models import detector
 
 TASK_KINDS = {'scene': 'image_class', 'depth': 'dense_scalar', 'normals': 'dense_vector'}
@@ -118,7 +118,7 @@ def test_to_coco_maps_to_original_pixels():
     'classes': np.array([3, 0]),
     'num': np.int32(1),
   }
-  [result] = detect.to_coco(det, 7, (200, 400))
+  [result] = evaluate.coco_detections(det, 7, (200, 400))
   assert result['image_id'] == 7 and result['category_id'] == 3
   np.testing.assert_allclose(result['bbox'], [80, 20, 160, 80], atol=0.01)
   assert result['score'] == pytest.approx(0.75)
@@ -128,7 +128,9 @@ def test_preprocess_resizes_and_normalises():
   image = np.full((10, 30, 3), 255, np.uint8)
   x = detect.preprocess(image, (64, 96))
   assert x.shape == (64, 96, 3) and x.dtype == np.float32
-  np.testing.assert_allclose(x[0, 0], (1.0 - np.array(detect.MEAN_RGB)) / detect.STDDEV_RGB)
+  np.testing.assert_allclose(
+    x[0, 0], (1.0 - np.array(input_pipeline.IMAGENET_MEAN)) / input_pipeline.IMAGENET_STD
+  )
 
 
 def test_detect_end_to_end(smoke_workdir, image_dir, tmp_path):

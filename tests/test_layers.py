@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from configs import base
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector, layers, resnet, rock, ssd
 
 
@@ -134,9 +135,9 @@ def test_resnet_backbone():
 @pytest.mark.parametrize('extra', [False, True])
 def test_rock_block(extra):
   tasks = (
-    rock.TaskSpec('scene', 'image_class', 5),
-    rock.TaskSpec('depth', 'dense_scalar', 4),
-    rock.TaskSpec('normals', 'dense_vector', 6, 3),
+    tasks_lib.Task('scene', 'image_class', 5),
+    tasks_lib.Task('depth', 'dense_scalar', 4),
+    tasks_lib.Task('normals', 'dense_vector', 6, 3),
   )
   x = jax.random.normal(_key(1), (2, 4, 6, 16))
   make = lambda mode: rock.ROCK(

@@ -7,6 +7,7 @@ import pytest
 
 from configs.base import get_base_config
 from rock_jax import losses
+from rock_jax import tasks as tasks_lib
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -246,7 +247,7 @@ def test_aux_weights_zero_and_kind_fallback():
   assert float(parts['height']) > 0
   np.testing.assert_allclose(total, parts['cls'] + 3.0 * parts['loc'], rtol=1e-6)
   with pytest.raises(ValueError, match='No loss'):
-    losses.task_loss_fn('unknown', config)
+    losses.task_loss_fn(tasks_lib.Task('unknown', 'dense_matrix', 4))
 
 
 def test_every_logged_part_is_non_negative_by_default():

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from configs import base
+from rock_jax import boxes as box_lib
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector, resnet, rock, ssd
 
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
@@ -134,7 +136,7 @@ def test_ssd_parameters_by_hand():
   widths = [2048] + [out for _, out in config.model.ssd.extra_layers]
   expected_heads = sum(
     (9 * c + 1) * k * (4 + 20)
-    for c, k in zip(widths, ssd.boxes_per_location(config.model.ssd.aspect_ratios), strict=True)
+    for c, k in zip(widths, box_lib.boxes_per_location(config.model.ssd.aspect_ratios), strict=True)
   )
   assert (extras, heads) == (expected_extras, expected_heads) == (1_223_680, 2_931_504)
 
@@ -266,12 +268,12 @@ def test_bn_momentum():
 
 def test_pooling_predictors():
   encoding = jax.random.normal(_key(0), (2, 3, 4, 6))
-  scene = rock.pool(rock.TaskSpec('scene', 'image_class', 6), encoding)
+  scene = rock.pool(tasks_lib.Task('scene', 'image_class', 6), encoding)
   np.testing.assert_allclose(scene['scene'], encoding.mean(axis=(1, 2)), rtol=1e-6)
   np.testing.assert_array_equal(scene['scene_map'], encoding)
-  depth = rock.pool(rock.TaskSpec('depth', 'dense_scalar', 6), encoding)
+  depth = rock.pool(tasks_lib.Task('depth', 'dense_scalar', 6), encoding)
   np.testing.assert_allclose(depth['depth'], encoding.mean(axis=-1), rtol=1e-6)
-  normals = rock.pool(rock.TaskSpec('normals', 'dense_vector', 6, 3), encoding)['normals']
+  normals = rock.pool(tasks_lib.Task('normals', 'dense_vector', 6, 3), encoding)['normals']
   assert normals.shape == (2, 3, 4, 3)
   # Groups are contiguous blocks of width / components channels.
   np.testing.assert_allclose(normals[..., 1], encoding[..., 2:4].mean(axis=-1), rtol=1e-6)
@@ -279,16 +281,16 @@ def test_pooling_predictors():
 
 def test_parse_tasks():
   config = _config().model
-  tasks = rock.parse_tasks(config)
+  tasks = tasks_lib.parse(config)
   assert [t.name for t in tasks] == ['scene', 'depth', 'normals']
-  assert tasks[2] == rock.TaskSpec('normals', 'dense_vector', 384, 3)
+  assert tasks[2] == tasks_lib.Task('normals', 'dense_vector', 384, 3, 'normals')
   config.tasks = 'depth'
-  assert [t.name for t in rock.parse_tasks(config)] == ['depth']
+  assert [t.name for t in tasks_lib.parse(config)] == ['depth']
   config.tasks = ''
-  assert rock.parse_tasks(config) == ()
+  assert tasks_lib.parse(config) == ()
   config.tasks = 'depth,edges'
   with pytest.raises(ValueError, match='edges'):
-    rock.parse_tasks(config)
+    tasks_lib.parse(config)
 
 
 def _set_decoders(variables, tasks, scale, bias):
@@ -303,7 +305,7 @@ def _set_decoders(variables, tasks, scale, bias):
 
 @pytest.mark.parametrize('fusion', ['add', 'product'])
 def test_fusion(fusion):
-  tasks = rock.parse_tasks(_config(tiny=True).model)
+  tasks = tasks_lib.parse(_config(tiny=True).model)
   block = rock.ROCK(tasks, trunk_width=8, fusion=fusion)
   x = jax.random.normal(_key(0), (2, 4, 6, 16))
   variables = block.init(_key(1), x, train=False)
@@ -324,7 +326,7 @@ def test_fusion(fusion):
 
 
 def test_rock_options():
-  tasks = rock.parse_tasks(_config(tiny=True).model)
+  tasks = tasks_lib.parse(_config(tiny=True).model)
   x = jnp.ones((1, 4, 6, 16))
   plain = rock.ROCK(tasks, trunk_width=8).init(_key(0), x, train=False)['params']
   extra = rock.ROCK(tasks, trunk_width=8, extra_task_convs=True, post_fusion_bn_relu=True)
@@ -374,7 +376,7 @@ def test_tiny_forward_train(variant):
 def test_class_bias_prior():
   config = _config('baseline', tiny=True)
   _, variables, _ = _init(config)
-  per_location = ssd.boxes_per_location(config.model.ssd.aspect_ratios)
+  per_location = box_lib.boxes_per_location(config.model.ssd.aspect_ratios)
   for index, k in enumerate(per_location):
     bias = variables['params']['ssd'][f'cls{index}']['bias'].reshape(k, 20)
     np.testing.assert_array_equal(bias[:, 0], 0.0)

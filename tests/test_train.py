@@ -11,8 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from configs import synthetic
 from rock_jax import boxes, checkpoints, input_pipeline, optim, train
@@ -116,24 +114,14 @@ def test_four_devices_make_the_same_step_as_one(nan_run):
   config = make_config()
   model = detector.build_model(config)
   mesh = mesh_of(4)
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P('data'))
   with jax.set_mesh(mesh):
-    abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      jax.eval_shape(functools.partial(train.create_train_state, config, model), jax.random.key(0)),
-    )
+    functions = train.step_functions(config, model, mesh)
     manager = checkpoints.create_manager(checkpoints.checkpoint_dir(workdir), read_only=True)
-    state = checkpoints.restore_state(manager, abstract, step=1)
+    state = checkpoints.restore_state(manager, functions.abstract_state, step=1)
     manager.close()
     assert state.params['ssd']['cls0']['kernel'].sharding.is_fully_replicated
-    step = jax.jit(
-      functools.partial(train.train_step, model=model, config=config),
-      in_shardings=(replicated, data, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,),
-    )
-    state, metrics = step(state, train.shard_batch(batches[1], data), jax.random.key(1))
+    batch = train.shard_batch(batches[1], functions.data)
+    state, metrics = functions.step(state, batch, jax.random.key(1))
     state = jax.device_get(state)
   assert float(metrics['finite']) == 1.0 and int(state.step) == 2
   expected = checkpoints.load_variables(checkpoints.checkpoint_dir(workdir) / '2')

@@ -12,8 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 from test_train import fake_batch, make_config, mesh_of
 
 from rock_jax import checkpoints, losses, train, weighting
@@ -106,22 +104,14 @@ def _config(method: str):
 
 
 def _step_fn(config, model, mesh):
-  replicated = NamedSharding(mesh, P())
-  data = NamedSharding(mesh, P('data'))
-  step = jax.jit(
-    functools.partial(train.train_step, model=model, config=config),
-    in_shardings=(replicated, data, replicated),
-    out_shardings=(replicated, replicated),
+  functions = train.step_functions(config, model, mesh, donate=False)
+  return lambda state, batch, rng: functions.step(
+    state, train.shard_batch(batch, functions.data), rng
   )
-  return lambda state, batch, rng: step(state, train.shard_batch(batch, data), rng)
 
 
 def _abstract(config, model, mesh):
-  replicated = NamedSharding(mesh, P())
-  return jax.tree.map(
-    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-    jax.eval_shape(functools.partial(train.create_train_state, config, model), jax.random.key(0)),
-  )
+  return train.step_functions(config, model, mesh).abstract_state
 
 
 def _assert_trees(a, b, **tolerance):

@@ -16,9 +16,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import layers, resnet, rock, ssd
 
-VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
+VARIANTS = (tasks_lib.BASELINE, 'flat_mtl', 'rock_no_fusion', 'rock')
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -51,7 +52,7 @@ class Detector(nn.Module):
     if config.dtype not in DTYPES:
       raise ValueError(f'config.model.dtype must be one of {tuple(DTYPES)}, got {config.dtype!r}.')
     dtype = DTYPES[config.dtype]
-    tasks = rock.parse_tasks(config)
+    tasks = tasks_lib.active(config)
     # Configs saved before the option existed compute 1x1 convs the default way.
     conv_1x1 = config.get('conv_1x1', 'auto')
     layers.use_dot(conv_1x1)  # Validates the option.

@@ -25,55 +25,13 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import layers
 
-TASK_KINDS = ('image_class', 'dense_scalar', 'dense_vector')
 FUSIONS = ('add', 'product', 'none')
 
 
-@dataclasses.dataclass(frozen=True)
-class TaskSpec:
-  """One auxiliary task of the block.
-
-  Attributes:
-    name: Key of its outputs ('scene', 'depth', ...).
-    kind: 'image_class', 'dense_scalar' or 'dense_vector'.
-    width: K_t, the width of the task-specific encoding.
-    components: Output maps of a dense_vector task (width must be a multiple).
-  """
-
-  name: str
-  kind: str
-  width: int
-  components: int = 1
-
-
-def parse_tasks(model_config: Any) -> tuple[TaskSpec, ...]:
-  """Reads `model.tasks` (comma string) and `model.task_specs` into TaskSpecs.
-
-  Args:
-    model_config: The `config.model` ConfigDict.
-
-  Returns:
-    The tasks in config order; empty for `model.tasks == ''`.
-  """
-  specs = []
-  for name in (n.strip() for n in model_config.tasks.split(',')):
-    if not name:
-      continue
-    if name not in model_config.task_specs:
-      raise ValueError(f'Task {name!r} has no entry in config.model.task_specs.')
-    spec = model_config.task_specs[name]
-    task = TaskSpec(name, spec['kind'], int(spec['width']), int(spec.get('components', 1)))
-    if task.kind not in TASK_KINDS:
-      raise ValueError(f'Task {name!r}: kind must be one of {TASK_KINDS}, got {task.kind!r}.')
-    if task.kind == 'dense_vector' and task.width % task.components:
-      raise ValueError(f'Task {name!r}: width {task.width} not a multiple of {task.components}.')
-    specs.append(task)
-  return tuple(specs)
-
-
-def pool(task: TaskSpec, encoding: jnp.ndarray) -> dict[str, jnp.ndarray]:
+def pool(task: tasks_lib.Task, encoding: jnp.ndarray) -> dict[str, jnp.ndarray]:
   """The parameter-free predictor of one task.
 
   Args:
@@ -94,7 +52,7 @@ def pool(task: TaskSpec, encoding: jnp.ndarray) -> dict[str, jnp.ndarray]:
   return {task.name: groups.mean(axis=-1)}
 
 
-class _Dense(nn.Module):
+class ConvBNReLU(nn.Module):
   """A 1x1 or 3x3 conv, then BatchNorm and ReLU (no conv bias unless asked: BN has an offset)."""
 
   features: int
@@ -144,7 +102,7 @@ class ROCK(nn.Module):
     conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
-  tasks: tuple[TaskSpec, ...]
+  tasks: tuple[tasks_lib.Task, ...]
   trunk_width: int = 512
   fusion: str = 'add'
   extra_task_convs: bool = False
@@ -170,7 +128,7 @@ class ROCK(nn.Module):
     if not self.tasks:
       raise ValueError('ROCK needs at least one auxiliary task (config.model.tasks).')
     x = x.astype(self.dtype)
-    dense = lambda features, kernel, name: _Dense(
+    dense = lambda features, kernel, name: ConvBNReLU(
       features,
       kernel,
       self.bn_momentum,
@@ -232,7 +190,7 @@ class FlatMTL(nn.Module):
     conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
   """
 
-  tasks: tuple[TaskSpec, ...]
+  tasks: tuple[tasks_lib.Task, ...]
   dtype: Any = jnp.float32
   conv_1x1: str = 'auto'
 

@@ -31,18 +31,6 @@ from rock_jax.models import layers
 head_init = nn.initializers.xavier_uniform()
 
 
-def boxes_per_location(aspect_ratios: Sequence[Sequence[float]]) -> tuple[int, ...]:
-  """Default boxes per location of each map: two squares plus r and 1/r per ratio.
-
-  Args:
-    aspect_ratios: One sequence of ratios per feature map.
-
-  Returns:
-    `2 + 2 * len(ratios)` for each map.
-  """
-  return tuple(2 + 2 * len(ratios) for ratios in aspect_ratios)
-
-
 def class_bias_init(num_classes: int, prior_pi: float):
   """Bias initialiser of a class predictor: 0 for background, the prior for the rest.
 
@@ -139,7 +127,9 @@ class SSDHead(nn.Module):
       maps.append(self._conv_bn_relu(x, out, kernel, stride, padding, f'extra{index + 1}', train))
 
     all_boxes, all_logits = [], []
-    for index, (x, k) in enumerate(zip(maps, boxes_per_location(self.aspect_ratios), strict=True)):
+    for index, (x, k) in enumerate(
+      zip(maps, box_lib.boxes_per_location(self.aspect_ratios), strict=True)
+    ):
       batch, height, width, _ = x.shape
       boxes = nn.Conv(
         k * 4,

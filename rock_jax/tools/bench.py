@@ -34,12 +34,11 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from rock_jax import boxes as box_lib
 from rock_jax import cli, train
-from rock_jax.models import detector, layers, rock
+from rock_jax import tasks as tasks_lib
+from rock_jax.models import detector, layers
 from rock_jax.tools import summary
 
 VARIANTS = ('baseline', 'rock')
@@ -154,11 +153,10 @@ def synthetic_train_batch(
     'box_targets': rng.normal(size=(batch, num_anchors, 4)).astype(np.float32),
     'cls_targets': cls,
   }
-  for task in rock.parse_tasks(config.model) if config.model.variant != 'baseline' else ():
+  for task in tasks_lib.active(config):
     ones = np.ones((batch,), np.float32)
     if task.kind == 'image_class':
       data[task.name] = rng.integers(0, task.width, (batch,)).astype(np.int32)
-      data[f'{task.name}_mask'] = ones
     elif task.kind == 'dense_scalar':
       data[task.name] = rng.uniform(0.5, 8.0, (batch, h, w)).astype(np.float32)
       data[f'{task.name}_mask'] = np.ones((batch, h, w), np.float32)
@@ -194,24 +192,14 @@ def build_train_step(
   config = ml_collections.ConfigDict(config.to_dict())
   config.train.batch_size = batch
   mesh = train.create_mesh(batch)
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P('data'))
   model = detector.build_model(config)
   extra = {} if loss_fn is None else {'loss_fn': loss_fn}
   with jax.set_mesh(mesh):
-    init_fn = jax.jit(
-      functools.partial(train.create_train_state, config, model), out_shardings=replicated
-    )
-    state = init_fn(jax.random.key(0))
-    step_fn = jax.jit(
-      functools.partial(train.train_step, model=model, config=config, **extra),
-      in_shardings=(replicated, data_sharding, replicated),
-      out_shardings=(replicated, replicated),
-      donate_argnums=(0,),
-    )
-    data = train.shard_batch(synthetic_train_batch(config, batch), data_sharding)
-    rng = jax.device_put(jax.random.key(1), replicated)
-  return step_fn, state, data, rng, mesh
+    functions = train.step_functions(config, model, mesh, **extra)
+    state = functions.init(jax.random.key(0))
+    data = train.shard_batch(synthetic_train_batch(config, batch), functions.data)
+    rng = jax.device_put(jax.random.key(1), functions.replicated)
+  return functions.step, state, data, rng, mesh
 
 
 def train_seconds(

@@ -38,6 +38,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from rock_jax import checkpoints, cli, input_pipeline, losses, train
+from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'The run config file[:arg].')
@@ -100,7 +101,7 @@ def first_batch(config: ml_collections.ConfigDict) -> dict[str, np.ndarray]:
   )
   batch = next(dataset.as_numpy_iterator())
   keys = set(train.train_batch_keys(config)) | {
-    k for t in losses.parse_tasks(config.model.tasks) for k in (t, f'has_{t}', f'{t}_mask')
+    k for t in tasks_lib.parse(config.model) for k in t.batch_keys
   }
   return {k: v for k, v in batch.items() if k in keys}
 
@@ -160,9 +161,8 @@ def measure(
   batch: Mapping[str, np.ndarray],
 ) -> dict[str, Any]:
   """Decoder-output scales and per-task gradient norms into the shared trunk."""
-  variant = config.model.variant
-  with_aux = variant != 'baseline'
-  names = ['cls', 'loc', *losses.parse_tasks(config.model.tasks)]
+  with_aux = bool(tasks_lib.active(config))
+  names = ['cls', 'loc', *tasks_lib.names_in(config.model.tasks)]
   weights = config.loss.weights
 
   scale = _scales(model, variables, batch['image'], train=True, with_aux=with_aux)

@@ -43,7 +43,8 @@ import ml_collections
 import numpy as np
 
 from rock_jax import checkpoints
-from rock_jax.models import detector, rock
+from rock_jax import tasks as tasks_lib
+from rock_jax.models import detector
 from rock_jax.tools import import_weights
 
 WeightImportError = import_weights.WeightImportError
@@ -118,13 +119,13 @@ def entries(config: ml_collections.ConfigDict, shapes: Mapping[str, Any]) -> lis
     result += _conv(f'detection.loc.{k}', ('ssd', f'box{k}'), 'box')
   for k in range(len(ssd.extra_layers) + 1):
     result += _conv(f'detection.conf.{k}', ('ssd', f'cls{k}'), 'cls')
-  if config.model.variant != 'baseline':
+  if config.model.variant != tasks_lib.BASELINE:
     result += _conv('auxiliary.conv1', ('rock', 'trunk1', 'conv'))
     result += _conv('auxiliary.conv2', ('rock', 'trunk2', 'conv'))
     result += _bn('auxiliary.bn1', ('rock', 'trunk1', 'bn'))
     result += _bn('auxiliary.bn2', ('rock', 'trunk2', 'bn'))
     result += _bn('auxiliary.bn3', ('rock', 'fusion_bn'))
-    for task in rock.parse_tasks(config.model):
+    for task in tasks_lib.active(config):
       t, prefix = task.name, f'auxiliary.{task.name}_extractor'
       result += _bn(f'{prefix}.bn_out', ('rock', f'{t}_dec', 'bn'))
       result += _conv(f'{prefix}.{t}_in', ('rock', f'{t}_enc'))
