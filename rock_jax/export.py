@@ -7,15 +7,17 @@ Writes the export folder that `rock_jax.serving` describes and loads:
 `OUT/model.jax_exported` (StableHLO of preprocessed images -> detections, with
 postprocess when `--with-postprocess`, else the head's boxes and logits),
 `OUT/saved_model/` (TensorFlow, `serving_default`: uint8 images of any size ->
-boxes in pixels, scores, classes, always with postprocess) and `OUT/export.json`.
+boxes in pixels, scores, classes, always with postprocess; `preprocessed`: the model
+input -> normalised boxes, scores, classes) and `OUT/export.json`.
 `--batch=dynamic` gives both a symbolic batch dimension.
 
 The SavedModel goes through `jax2tf.convert` (native serialization, the only mode
 left in jax 0.10: the same StableHLO, with the weights as constants, inside one
-`XlaCallModule` op), wrapped in a `tf.function` that resizes (bilinear, with
-antialiasing) and normalises in TensorFlow and scales the boxes to the input's
-pixels. It loads with `tf.saved_model.load` alone, without rock_jax or JAX. Both
-artifacts are lowered for this machine's platform (recorded in `export.json`);
+`XlaCallModule` op), wrapped in the `tf.function` of `preprocessed`. `serving_default`
+calls it after `input_pipeline.preprocess_image` (the eval pipeline's resize without
+antialiasing and normalisation, traced into the graph) and scales the boxes to the
+input's pixels. It loads with `tf.saved_model.load` alone, without rock_jax or JAX.
+Both artifacts are lowered for this machine's platform (recorded in `export.json`);
 loading one elsewhere gives a one-line error. Weights are constants, so a model
 must stay under the 2 GB protobuf limit of a SavedModel (ResNet-50 ROCK: ~0.1 GB).
 """
@@ -83,15 +85,32 @@ def export_jax(fn: Callable, batch: int | None, image_size: Sequence[int]) -> ja
 def save_saved_model(
   fn: Callable, path: epath.Path, *, batch: int | None, metadata: dict[str, Any]
 ) -> None:
-  """Writes the TF SavedModel of the detection function `fn` (with postprocess)."""
+  """Writes the TF SavedModel of the detection function `fn` (with postprocess).
+
+  Two signatures share one copy of the converted model: `serving.SIGNATURE` takes
+  uint8 images of any size and preprocesses them in TensorFlow, `serving.PREPROCESSED`
+  takes the model input itself (what `serving.load` runs, so that it sees exactly
+  the images the Flax model does).
+  """
   import tensorflow as tf  # noqa: PLC0415 - TensorFlow only when writing a SavedModel.
   from jax.experimental import jax2tf  # noqa: PLC0415
 
   height, width = metadata['image_size']
   poly = None if batch is not None else [f'(b, {height}, {width}, 3)']
   converted = jax2tf.convert(fn, polymorphic_shapes=poly, with_gradient=False)
-  mean = tf.constant(metadata['mean_rgb'], tf.float32)
-  std = tf.constant(metadata['std_rgb'], tf.float32)
+
+  @tf.function(
+    input_signature=[tf.TensorSpec([batch, height, width, 3], tf.float32, name='images')],
+    autograph=False,
+  )
+  def detect_preprocessed(images):
+    det = converted(images)
+    return {
+      'boxes': det['boxes'],
+      'scores': det['scores'],
+      'classes': det['classes'],
+      'num_detections': det['num'],
+    }
 
   @tf.function(
     input_signature=[tf.TensorSpec([batch, None, None, 3], tf.uint8, name='images')],
@@ -99,27 +118,20 @@ def save_saved_model(
   )
   def serve(images):
     size = tf.shape(images)[1:3]
-    pixels = tf.cast(images, tf.float32)
-    # At the model's size the resize is skipped, so those inputs go in exactly.
-    pixels = tf.cond(
-      tf.reduce_all(size == tf.constant([height, width])),
-      lambda: pixels,
-      lambda: tf.image.resize(pixels, (height, width), method='bilinear', antialias=True),
-    )
-    x = (pixels / 255.0 - mean) / std
-    x = tf.ensure_shape(x, [batch, height, width, 3])
-    det = converted(x)
+    # The eval pipeline's own preprocessing (resize without antialiasing, normalise),
+    # traced into the graph: a photo gives the detections `rock_jax.detect` gives, up
+    # to float rounding (TensorFlow's graph optimiser turns the divisions by constants
+    # into multiplications by their reciprocals, ~1e-7 on the model input).
+    x = input_pipeline.preprocess_image(images, (height, width))
+    det = detect_preprocessed(tf.ensure_shape(x, [batch, height, width, 3]))
     scale = tf.cast(tf.concat([size, size], axis=0), tf.float32)
-    return {
-      'boxes': det['boxes'] * scale,
-      'scores': det['scores'],
-      'classes': det['classes'],
-      'num_detections': det['num'],
-    }
+    return {**det, 'boxes': det['boxes'] * scale}
 
   module = tf.Module()
   module.serve = serve
-  tf.saved_model.save(module, os.fspath(path), signatures={serving.SIGNATURE: serve})
+  module.detect_preprocessed = detect_preprocessed
+  signatures = {serving.SIGNATURE: serve, serving.PREPROCESSED: detect_preprocessed}
+  tf.saved_model.save(module, os.fspath(path), signatures=signatures)
 
 
 def run(

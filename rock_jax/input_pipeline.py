@@ -146,20 +146,23 @@ def preprocess_image(image: tf.Tensor | np.ndarray, image_size: Sequence[int]) -
 
   The whole image is resized to `image_size` (bilinear, no antialiasing, as in training:
   `augment.resize`) and normalised. The eval pipeline (`create_eval_dataset`) and
-  `rock_jax.detect` both call it, so a photo reaches the model exactly as a test image.
+  `rock_jax.detect` both call it, so a photo reaches the model exactly as a test image;
+  the SavedModel of `rock_jax.export` traces it on its uint8 input, so it does too
+  (up to the float rounding of TensorFlow's graph optimiser).
 
   Args:
-    image: `[H, W, 3]` uint8 RGB, or float in [0, 1].
+    image: `[H, W, 3]` uint8 RGB, or float in [0, 1]; or a batch `[B, H, W, 3]`.
     image_size: `(H, W)` of the model input.
 
   Returns:
-    float32 `[*image_size, 3]`.
+    float32 `[*image_size, 3]` (`[B, *image_size, 3]` for a batch).
   """
   image = tf.convert_to_tensor(image)
   if image.dtype == tf.uint8:
     image = tf.cast(image, tf.float32) / 255.0
   resized = tf.image.resize(image, image_size, method='bilinear', antialias=False)
-  return tf.ensure_shape(tf.cast(normalize_image(resized), tf.float32), [*image_size, 3])
+  batch = [None] * (resized.shape.rank - 3)  # resize takes rank 3 or 4 only.
+  return tf.ensure_shape(tf.cast(normalize_image(resized), tf.float32), [*batch, *image_size, 3])
 
 
 def conv5_size(config: ml_collections.ConfigDict) -> tuple[int, int]:

@@ -10,13 +10,16 @@ An export folder `OUT` holds:
   evaluation settings and default boxes computed from the saved config);
 - `saved_model/`: a TensorFlow SavedModel (`export.json` copied inside) whose
   `serving_default` signature takes `images` uint8 `[B, height, width, 3]` of any
-  size and returns `boxes` (ymin, xmin, ymax, xmax in pixels of the input),
-  `scores`, `classes` (1..C) and `num_detections`.
+  size (preprocessed as the eval pipeline does) and returns `boxes` (ymin, xmin,
+  ymax, xmax in pixels of the input), `scores`, `classes` (1..C) and
+  `num_detections`; its `preprocessed` signature takes the model input (float32
+  `[B, H, W, 3]`, normalised) and returns the same with normalised boxes.
 
 `load(DIR)` takes `OUT` (the `jax.export` artifact) or `OUT/saved_model` and returns
 a `ServingModel` whose `predict` maps preprocessed images to postprocess's
-detections, so `rock_jax.detect --exported=DIR` runs either artifact. Every failure
-is an `ExportError` whose message is one line naming the file.
+detections (for a SavedModel through `preprocessed`: the very input the Flax model
+gets, not pixels rebuilt from it), so `rock_jax.detect --exported=DIR` runs either
+artifact. Every failure is an `ExportError` whose message is one line naming the file.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ METADATA = 'export.json'
 JAX_ARTIFACT = 'model.jax_exported'
 SAVED_MODEL = 'saved_model'
 SIGNATURE = 'serving_default'
+PREPROCESSED = 'preprocessed'  # The SavedModel's signature on the model input.
 
 
 class ExportError(Exception):
@@ -89,10 +93,6 @@ def read_metadata(directory: epath.Path) -> dict[str, Any]:
   return metadata
 
 
-def _normalise(metadata: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-  return (np.asarray(metadata['mean_rgb'], np.float32), np.asarray(metadata['std_rgb'], np.float32))
-
-
 def _load_jax(directory: epath.Path, metadata: dict[str, Any]) -> Callable:
   path = directory / JAX_ARTIFACT
   if not path.exists():
@@ -133,25 +133,27 @@ def _load_jax(directory: epath.Path, metadata: dict[str, Any]) -> Callable:
   return predict
 
 
-def _load_saved_model(directory: epath.Path, metadata: dict[str, Any]) -> Callable:
+def _load_saved_model(directory: epath.Path) -> Callable:
   import tensorflow as tf  # noqa: PLC0415 - only for SavedModels.
 
   try:
     loaded = tf.saved_model.load(os.fspath(directory))
-    serve = loaded.signatures[SIGNATURE]
+    signatures = loaded.signatures
   except Exception as e:  # noqa: BLE001 - TensorFlow raises many types for a bad folder.
     raise ExportError(f'{directory}: not a loadable SavedModel: {one_line(e)}') from None
-  mean, std = _normalise(metadata)
-  height, width = metadata['image_size']
+  if PREPROCESSED not in signatures:
+    raise ExportError(
+      f'{directory}: the SavedModel has no {PREPROCESSED!r} signature (an older export); '
+      'export the checkpoint again'
+    )
+  # Not `serving_default` on pixels rebuilt from `images`: `detect.preprocess` resizes
+  # in float, so rounding back to uint8 would change the input of every resized image.
+  run = signatures[PREPROCESSED]
 
   def predict(images: np.ndarray) -> dict[str, np.ndarray]:
-    # The signature takes uint8 pixels: undo the normalisation (exact for images that
-    # came from uint8 through `detect.preprocess`, which are already at the model size).
-    pixels = np.clip(np.rint((np.asarray(images) * std + mean) * 255.0), 0, 255).astype(np.uint8)
-    out = serve(images=tf.constant(pixels))
-    scale = np.array([height, width, height, width], np.float32)
+    out = run(images=tf.constant(np.asarray(images, np.float32)))
     return {
-      'boxes': out['boxes'].numpy() / scale,
+      'boxes': out['boxes'].numpy(),
       'scores': out['scores'].numpy(),
       'classes': out['classes'].numpy(),
       'num': out['num_detections'].numpy(),
@@ -171,7 +173,7 @@ def load(directory: str | os.PathLike) -> ServingModel:
     raise ExportError(f'{directory}: no such export folder')
   metadata = read_metadata(directory)
   if (directory / 'saved_model.pb').exists():
-    kind, predict = 'saved_model', _load_saved_model(directory, metadata)
+    kind, predict = 'saved_model', _load_saved_model(directory)
   else:
     kind, predict = 'jax', _load_jax(directory, metadata)
   return ServingModel(

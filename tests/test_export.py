@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from cached_env import subprocess_env
 from PIL import Image
 from test_detect import save_smoke_checkpoint
@@ -69,15 +70,6 @@ def _assert_same_detections(got, want):
   np.testing.assert_allclose(got['boxes'], want['boxes'], atol=1e-5)
 
 
-_MERGE_MISMATCH = pytest.mark.xfail(
-  reason='Known defect (issue #16 stays open): since the merge with #10/#12/#18 one '
-  'detection differs between the exported artifacts and the jitted model (54 vs 55 boxes '
-  'for one image); not yet diagnosed.',
-  strict=False,
-)
-
-
-@_MERGE_MISMATCH
 @pytest.mark.slow
 def test_artifacts_give_the_flax_models_detections(exports, images):
   workdir, dynamic, fixed = exports
@@ -98,7 +90,6 @@ def test_artifacts_give_the_flax_models_detections(exports, images):
     _assert_same_detections(got, want)
 
 
-@_MERGE_MISMATCH
 @pytest.mark.slow
 def test_detect_runs_from_either_artifact(exports, images, tmp_path):
   workdir, dynamic, fixed = exports
@@ -159,7 +150,9 @@ def test_saved_model_loads_alone_in_a_fresh_process(exports, images, tmp_path):
   got['num'] = got.pop('num_detections')
   got['boxes'] = got['boxes'] / np.array([64, 96, 64, 96], np.float32)
   _assert_same_detections(got, want)
-  # Any other size: boxes in that image's pixels.
+  # Any other size: resized as `detect` and the eval pipeline resize it (float, no
+  # antialiasing), so again the Flax model's detections, boxes in that image's pixels
+  # (the graph's preprocessing differs from the eager one by float rounding only).
   other = {k: np.asarray(v) for k, v in out[files[1]].items()}
   assert other['boxes'].shape == (1, 100, 4) and other['classes'].dtype == np.int64
   n = int(other['num_detections'][0])
@@ -167,6 +160,10 @@ def test_saved_model_loads_alone_in_a_fresh_process(exports, images, tmp_path):
   assert (other['boxes'][0, :n, 0::2] <= 120 + 1e-3).all()
   assert (other['boxes'][0, :n, 1::2] <= 200 + 1e-3).all()
   assert other['boxes'][0, :n, 3].max() > 96  # Scaled past the model's 96 columns.
+  want, _ = detect.make_predict_fn(loaded)(_batch(images, loaded.config.data.image_size)[1:2])
+  other['num'] = other.pop('num_detections')
+  other['boxes'] = other['boxes'] / np.array([120, 200, 120, 200], np.float32)
+  _assert_same_detections(other, want)
 
 
 @pytest.mark.slow
@@ -190,6 +187,17 @@ def test_bad_artifacts_give_one_line_errors(exports, images, tmp_path):
   (broken / 'saved_model.pb').write_bytes(b'garbage')
   with pytest.raises(serving.ExportError, match='not a loadable SavedModel') as error:
     serving.load(broken)
+  assert '\n' not in str(error.value)
+  # A SavedModel without the signature on the model input (an export from before it).
+  older = tmp_path / 'older'
+  module = tf.Module()
+  module.serve = tf.function(lambda images: {'scores': tf.reduce_mean(images, [1, 2, 3])})
+  spec = tf.TensorSpec([None, None, None, 3], tf.float32, name='images')
+  concrete = module.serve.get_concrete_function(spec)
+  tf.saved_model.save(module, str(older), signatures={serving.SIGNATURE: concrete})
+  (older / 'export.json').write_text(json.dumps(metadata))
+  with pytest.raises(serving.ExportError, match="no 'preprocessed' signature") as error:
+    serving.load(older)
   assert '\n' not in str(error.value)
   with pytest.raises(serving.ExportError, match='--batch must be'):
     export.parse_batch('0')

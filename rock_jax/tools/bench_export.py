@@ -11,7 +11,7 @@ then images -> final detections (host numpy in, host numpy out) is timed at batc
 - the jitted Flax model: `model.apply` (no auxiliary outputs) + postprocess, the
   variables as arguments;
 - the `jax.export` artifact, deserialized and called under `jax.jit`;
-- the TF SavedModel (`serving_default`, uint8 images at the model size).
+- the TF SavedModel (its `preprocessed` signature, what `serving.load` runs).
 Each figure is the median of `--iters` calls after `--warmup` calls (the first
 compiles). Prints a markdown table.
 """
