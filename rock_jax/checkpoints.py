@@ -32,7 +32,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -700,6 +700,29 @@ def merge_backbone(fresh: dict[str, Any], backbone: dict[str, Any]) -> dict[str,
   return out
 
 
+def save_backbone(variables: Mapping[str, Any], directory: str | os.PathLike) -> None:
+  """Writes backbone variables as an Orbax checkpoint: what `config.init_backbone` reads.
+
+  Args:
+    variables: `{'params': ..., 'batch_stats': ...}` of a `models.resnet.ResNet`.
+    directory: Output directory (must not exist yet).
+  """
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(os.path.abspath(directory), dict(variables))
+    checkpointer.wait_until_finished()
+
+
+def load_backbone(directory: str | os.PathLike) -> dict[str, Any]:
+  """Reads backbone variables written by `save_backbone` (`config.init_backbone`).
+
+  Returns:
+    `{'params': ..., 'batch_stats': ...}` pytree of arrays, to be placed under the
+    detector's `backbone` entries (`merge_backbone`).
+  """
+  with ocp.StandardCheckpointer() as checkpointer:
+    return checkpointer.restore(os.path.abspath(directory))
+
+
 def restore_or_initialize(
   config: ml_collections.ConfigDict,
   manager: ocp.CheckpointManager,
@@ -707,7 +730,6 @@ def restore_or_initialize(
   init_state: Callable[[], Any],
   abstract_state: Any,
   with_variables: Callable[[Any, dict[str, Any]], Any],
-  load_backbone: Callable[[str], dict[str, Any]] | None = None,
   accept_config_changes: bool = False,
 ) -> tuple[Any, str]:
   """Returns the initial train state following the resume order of the module doc.
@@ -719,7 +741,6 @@ def restore_or_initialize(
     abstract_state: its `jax.eval_shape`, with shardings, for restoring.
     with_variables: `(state, {'params', 'batch_stats'}) -> state` puts merged
       variables into a fresh state (placing them with the state's shardings).
-    load_backbone: `dir -> variables` of the importer; needed for `init_backbone`.
     accept_config_changes: resume even when config fields changed (see
       `restore_latest_good`).
 
@@ -740,8 +761,6 @@ def restore_or_initialize(
     return with_variables(state, merged), f'initialised from {config.init_from}'
   # 'scratch' is the explicit opt-out of ImageNet initialisation (rock_jax.preflight).
   if config.get('init_backbone') and config.init_backbone != 'scratch':
-    if load_backbone is None:
-      raise ValueError('config.init_backbone is set but no backbone loader was given.')
     merged = merge_backbone(jax.device_get(fresh), load_backbone(config.init_backbone))
     return with_variables(state, merged), f'backbone from {config.init_backbone}'
   return state, 'initialised from scratch'

@@ -54,6 +54,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
   for module, name in (
     ('rock_jax.checkpoints', 'CheckpointError'),
     ('rock_jax.detect', 'DetectError'),
+    ('rock_jax.inference', 'LoadError'),
     ('rock_jax.tools.import_weights', 'WeightImportError'),
   ):
     loaded = sys.modules.get(module)
@@ -78,8 +79,12 @@ def want_traceback(argv: Sequence[str] = ()) -> bool:
   return False
 
 
-def one_line(error: BaseException) -> str:
-  """A one-line description of `error` for the user (file and problem where known)."""
+def one_line(error: BaseException, max_lines: int = 1) -> str:
+  """A one-line description of `error` for the user (file and problem where known).
+
+  `max_lines` > 1 joins that many lines of a multi-line message, and says how many more
+  there were.
+  """
   text = str(error)
   if isinstance(error, KeyError) and error.args:
     text = str(error.args[0])
@@ -94,7 +99,8 @@ def one_line(error: BaseException) -> str:
   lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
   if not lines:
     return type(error).__name__
-  return lines[0]
+  more = f' (and {len(lines) - max_lines} more)' if len(lines) > max_lines > 1 else ''
+  return ' '.join(lines[:max_lines]) + more
 
 
 def _config_load_message(text: str) -> str:

@@ -36,7 +36,6 @@ skipped (named in a warning, left in place) and the newest clean one is used.
 
 from __future__ import annotations
 
-import dataclasses
 import glob
 import json
 import os
@@ -51,148 +50,13 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rock_jax import boxes as box_lib
-from rock_jax import checkpoints, cli, evaluate, input_pipeline, panels, postprocess, serving
-from rock_jax import tasks as tasks_lib
-from rock_jax.models import detector
+from rock_jax import cli, evaluate, inference, input_pipeline, panels, postprocess, serving
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 
 
 class DetectError(Exception):
   """A user-facing failure; `str(error)` is one line."""
-
-
-@dataclasses.dataclass
-class LoadedModel:
-  """A detector with its variables and everything needed to read its outputs.
-
-  Attributes:
-    config: the experiment config the model was built from.
-    model: the Flax module.
-    variables: `{'params', 'batch_stats'}` as numpy arrays.
-    default_boxes: `[A, 4]` `(cy, cx, h, w)` for `config.data.image_size`.
-    class_names: the C foreground class names (index = class id - 1).
-    task_kinds: auxiliary task name -> kind, in config order.
-    label_names: task name -> class names for image-level class tasks.
-    step: the checkpoint step.
-    kind: how the step was chosen: 'best' (on validation), 'latest' or 'given'
-      ('exported' for an artifact of `rock_jax.export`).
-  """
-
-  config: ml_collections.ConfigDict
-  model: detector.Detector
-  variables: dict[str, Any]
-  default_boxes: np.ndarray
-  class_names: tuple[str, ...]
-  task_kinds: dict[str, str]
-  label_names: dict[str, tuple[str, ...]]
-  step: int
-  kind: str = 'given'
-
-
-def _one_line(error: Exception) -> str:
-  lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-  if not lines:
-    return type(error).__name__
-  more = f' (and {len(lines) - 2} more)' if len(lines) > 2 else ''
-  return ' '.join(lines[:2]) + more
-
-
-def class_names_for(config: ml_collections.ConfigDict) -> tuple[tuple[str, ...], dict]:
-  """Returns the detector's class names and the image-level tasks' label names.
-
-  Names come from the dataset's builder when it fixes them and the count matches the
-  config; otherwise they fall back to 'class k' (e.g. a custom MLT class list).
-
-  Args:
-    config: the experiment config.
-
-  Returns:
-    `(class_names, label_names)` with `label_names[task]` for image_class tasks.
-  """
-  try:
-    objects, labels = input_pipeline.class_names(config)
-  except Exception as e:  # noqa: BLE001 - names are cosmetic: fall back to 'class k'.
-    logging.warning('No class names for dataset %r: %s', config.data.name, _one_line(e))
-    objects, labels = (), {}
-  num_classes = int(config.model.num_classes)
-  if len(objects) != num_classes:
-    objects = tuple(f'class {k}' for k in range(1, num_classes + 1))
-  label_names = {}
-  for task in tasks_lib.active(config):
-    if task.kind == 'image_class':
-      names = labels.get(task.name, ())
-      names = names if len(names) == task.width else ()
-      label_names[task.name] = names or tuple(f'{task.name} {k}' for k in range(task.width))
-  return objects, label_names
-
-
-def load_model(
-  checkpoint: str | os.PathLike,
-  config: ml_collections.ConfigDict | None = None,
-  *,
-  latest: bool = False,
-) -> LoadedModel:
-  """Loads a checkpoint's variables into the detector its config describes.
-
-  Args:
-    checkpoint: a workdir, its `checkpoints` folder (the best step on validation, else
-      the latest) or one step folder (that step).
-    config: the experiment config; None uses the one saved with the checkpoint.
-    latest: take the latest step, not the best one on validation.
-
-  Returns:
-    The loaded model.
-
-  Raises:
-    DetectError: no checkpoint there, or a checkpoint that does not fit the model.
-  """
-  try:
-    directory, step, kind = checkpoints.select_checkpoint(checkpoint, latest=latest)
-    if kind == 'latest':
-      # The newest step that restores cleanly: a damaged one is skipped (and named).
-      directory, step, loaded = checkpoints.load_checkpoint(directory)
-    else:  # The chosen step itself, or a one-line error.
-      directory, step, loaded = checkpoints.load_checkpoint(directory / str(step))
-  except FileNotFoundError:
-    raise DetectError(f'no checkpoint found at {checkpoint}') from None
-  except checkpoints.CheckpointError as e:
-    raise DetectError(str(e)) from None
-  if config is None:
-    config = checkpoints.load_config(directory / str(step))
-  model = detector.build_model(config)
-  height, width = config.data.image_size
-  try:
-    abstract = jax.eval_shape(
-      lambda: model.init(
-        jax.random.key(0), jnp.zeros((1, height, width, 3), jnp.float32), train=False
-      )
-    )
-  except (ValueError, KeyError, TypeError) as e:
-    raise DetectError(f'cannot build the model of this config: {_one_line(e)}') from None
-  try:
-    # Nothing excluded: every leaf must load with the model's shape.
-    variables = checkpoints.merge_variables(dict(abstract), loaded)
-  except ValueError as e:
-    detail = _one_line(e).split('must keep its fresh init: ', 1)[-1]
-    raise DetectError(
-      f'checkpoint {directory}/{step} does not match the config '
-      f'(variant {config.model.variant!r}, {config.model.num_classes} classes): {detail}'
-    ) from None
-  class_names, label_names = class_names_for(config)
-  task_kinds = {t.name: t.kind for t in tasks_lib.active(config)}
-  return LoadedModel(
-    config=config,
-    model=model,
-    variables=variables,
-    default_boxes=box_lib.default_boxes(config.model, (height, width)),
-    class_names=class_names,
-    task_kinds=task_kinds,
-    label_names=label_names,
-    step=step,
-    kind=kind,
-  )
 
 
 def list_images(images: str | os.PathLike) -> list[epath.Path]:
@@ -254,7 +118,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
       image = ImageOps.exif_transpose(image)
       return to_rgb8(image)
   except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-    raise DetectError(f'cannot read image {path}: {_one_line(e)}') from None
+    raise DetectError(f'cannot read image {path}: {cli.one_line(e, max_lines=2)}') from None
 
 
 def check_images(files: Sequence[epath.Path]) -> None:
@@ -283,7 +147,7 @@ def preprocess(image: np.ndarray, image_size: Sequence[int]) -> np.ndarray:
   return input_pipeline.preprocess_image(np.asarray(image), tuple(image_size)).numpy()
 
 
-def make_predict_fn(loaded: LoadedModel) -> Callable[[np.ndarray], tuple[dict, dict]]:
+def make_predict_fn(loaded: inference.LoadedModel) -> Callable[[np.ndarray], tuple[dict, dict]]:
   """Returns `images [B, H, W, 3] -> (detections, aux)` as numpy, jitted once per B.
 
   Detections are postprocess's output (normalised yxyx boxes, scores, classes 1..C,
@@ -309,14 +173,16 @@ def _index(tree: dict[str, np.ndarray], i: int) -> dict[str, np.ndarray]:
   return {k: v[i] for k, v in tree.items()}
 
 
-def _exported_model(directory: str | os.PathLike) -> tuple[LoadedModel, Callable, int | None]:
-  """An export folder as the `LoadedModel` fields `run` reads, its predict and batch."""
+def _exported_model(
+  directory: str | os.PathLike,
+) -> tuple[inference.LoadedModel, Callable, int | None]:
+  """An export folder as the `inference.LoadedModel` fields `run` reads, its predict and batch."""
   try:
     served = serving.load(directory)
   except serving.ExportError as e:
     raise DetectError(str(e)) from None
   config = ml_collections.ConfigDict(served.metadata['config'])
-  loaded = LoadedModel(
+  loaded = inference.LoadedModel(
     config=config,
     model=None,
     variables={},
@@ -353,7 +219,7 @@ def run(
   """Detects objects in every image of a folder and writes the JSON files and panels.
 
   Args:
-    checkpoint: see `load_model` (None with `exported`).
+    checkpoint: see `inference.load_model` (None with `exported`).
     images: a folder of images, one image file or a glob.
     out: output folder (created).
     config: the experiment config; None uses the checkpoint's.
@@ -382,7 +248,10 @@ def run(
     loaded, predict, fixed_batch = _exported_model(exported)
     batch_size = fixed_batch or batch_size
   else:
-    loaded = load_model(checkpoint, config, latest=latest)
+    try:
+      loaded = inference.load_model(checkpoint, config, latest=latest)
+    except inference.LoadError as e:
+      raise DetectError(str(e)) from None
     predict = make_predict_fn(loaded)
   image_size = tuple(loaded.config.data.image_size)
   out = epath.Path(out)

@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from etils import epath
 
-from rock_jax import cli, detect, input_pipeline, postprocess, serving
+from rock_jax import cli, inference, input_pipeline, postprocess, serving
 
 
 def parse_batch(batch: str | int) -> int | None:
@@ -51,7 +51,7 @@ def parse_batch(batch: str | int) -> int | None:
   return value
 
 
-def inference_fn(loaded: detect.LoadedModel, *, with_postprocess: bool) -> Callable:
+def inference_fn(loaded: inference.LoadedModel, *, with_postprocess: bool) -> Callable:
   """`float32 images [B, H, W, 3] -> outputs` with the variables as constants.
 
   Outputs: postprocess's detections (`boxes`, `scores`, `classes`, `num`) with the
@@ -155,10 +155,10 @@ def run(
     The metadata written to `export.json`.
 
   Raises:
-    serving.ExportError: a bad `batch`; detect.DetectError: a bad checkpoint.
+    serving.ExportError: a bad `batch`; inference.LoadError: a bad checkpoint.
   """
   batch_size = parse_batch(batch)
-  loaded = detect.load_model(checkpoint, config)
+  loaded = inference.load_model(checkpoint, config)
   image_size = tuple(int(v) for v in loaded.config.data.image_size)
   out = epath.Path(out)
   if (out / serving.METADATA).exists():
@@ -220,7 +220,7 @@ def _cli() -> None:
         with_postprocess=values['with-postprocess'].value,
         config=config_flag.value,
       )
-    except (serving.ExportError, detect.DetectError) as e:
+    except (serving.ExportError, inference.LoadError) as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(1)
     batch = 'dynamic' if metadata['batch'] is None else metadata['batch']

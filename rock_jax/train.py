@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 from rock_jax import (
   checkpoints,
   eval_loop,
+  inference,
   input_pipeline,
   losses,
   optim,
@@ -371,20 +372,14 @@ def _evaluate_checkpoint(
   """
   if not config.get('init_from'):
     raise ValueError('config.mode=eval needs config.init_from (a workdir or checkpoint).')
-  replicated = NamedSharding(mesh, P())
-  model = detector.build_model(config)
-  height, width = config.data.image_size
-  abstract = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), jnp.zeros((1, height, width, 3)), train=False)
-  )
-  fresh = {k: abstract[k] for k in ('params', 'batch_stats') if k in abstract}
   # The newest step that restores cleanly (a damaged one is skipped and named).
-  directory, step, loaded = checkpoints.load_checkpoint(config.init_from)
-  variables = checkpoints.merge_variables(fresh, loaded)
-  variables = jax.tree.map(lambda x: jax.device_put(x, replicated), variables)
+  loaded = inference.load_model(config.init_from, config, latest=True)
+  model, step = loaded.model, loaded.step
+  replicated = NamedSharding(mesh, P())
+  variables = jax.tree.map(lambda x: jax.device_put(x, replicated), loaded.variables)
   evaluator = eval_loop.Evaluator(config, model, mesh)
 
-  logging.info('Evaluating %s step %d on %s.', directory, step, config.data.eval_split)
+  logging.info('Evaluating %s on %s.', loaded.path, config.data.eval_split)
   is_writer = jax.process_index() == 0
   if is_writer:
     print(f'config:  {reporting.write_config(config, workdir)}', flush=True)
@@ -393,7 +388,7 @@ def _evaluate_checkpoint(
   results = evaluator.run(
     variables, config.data.eval_split, step=step, panels_dir=workdir / 'panels'
   )
-  results['checkpoint'] = str(directory / str(step))
+  results['checkpoint'] = loaded.path
   _publish_eval(
     results,
     evaluator,
@@ -478,7 +473,6 @@ def _train(
     init_state=lambda: functions.init(init_rng),
     abstract_state=functions.abstract_state,
     with_variables=with_variables,
-    load_backbone=_load_backbone,
     accept_config_changes=accept_config_changes,
   )
   start_step = int(jax.device_get(state.step))
@@ -659,13 +653,6 @@ def _train(
   if evaluators:
     reporting.write_final(results, workdir, evaluators[0].class_names, config)
   return results
-
-
-def _load_backbone(directory: str) -> dict[str, Any]:
-  """`rock_jax.tools.import_weights.load_backbone`, imported only when used."""
-  from rock_jax.tools import import_weights  # noqa: PLC0415
-
-  return import_weights.load_backbone(directory)
 
 
 def _flat_hparams(config: ml_collections.ConfigDict) -> dict[str, Any]:

@@ -11,7 +11,16 @@ import pytest
 from PIL import Image
 
 from configs import nyuv2, synthetic
-from rock_jax import checkpoints, detect, eval_loop, evaluate, input_pipeline, panels, train
+from rock_jax import (
+  checkpoints,
+  detect,
+  eval_loop,
+  evaluate,
+  inference,
+  input_pipeline,
+  panels,
+  train,
+)
 from rock_jax.models import detector
 
 TASK_KINDS = {'scene': 'image_class', 'depth': 'dense_scalar', 'normals': 'dense_vector'}
@@ -285,10 +294,10 @@ def test_detect_takes_the_best_checkpoint_and_a_file_or_glob(tmp_path, image_dir
   save_smoke_checkpoint(workdir, steps=steps)
   save_smoke_checkpoint(tmp_path / 'plain')  # No validation metrics: the latest step.
   monkeypatch.chdir(tmp_path)  # Relative --checkpoint and --out.
-  assert (detect.load_model('run').step, detect.load_model('run').kind) == (2, 'best')
-  assert detect.load_model('run', latest=True).step == 5
-  assert detect.load_model('run/checkpoints/4').kind == 'given'
-  assert detect.load_model('plain').kind == 'latest'
+  assert (inference.load_model('run').step, detect.load_model('run').kind) == (2, 'best')
+  assert inference.load_model('run', latest=True).step == 5
+  assert inference.load_model('run/checkpoints/4').kind == 'given'
+  assert inference.load_model('plain').kind == 'latest'
   assert detect.list_images(image_dir / 'a.jpg') == [image_dir / 'a.jpg']
   assert detect.list_images(str(image_dir / '*.png')) == [image_dir / 'b.png', image_dir / 'c.png']
   with pytest.raises(detect.DetectError, match=r'no images .* match'):

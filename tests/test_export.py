@@ -18,7 +18,7 @@ from cached_env import subprocess_env
 from PIL import Image
 from test_detect import save_smoke_checkpoint
 
-from rock_jax import detect, export, serving
+from rock_jax import detect, export, inference, serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,7 +73,7 @@ def _assert_same_detections(got, want):
 @pytest.mark.slow
 def test_artifacts_give_the_flax_models_detections(exports, images):
   workdir, dynamic, fixed = exports
-  loaded = detect.load_model(workdir)
+  loaded = inference.load_model(workdir)
   x = _batch(images, loaded.config.data.image_size)  # 3 images.
   want, _ = detect.make_predict_fn(loaded)(x)
   assert want['num'].min() > 0
@@ -144,7 +144,7 @@ def test_saved_model_loads_alone_in_a_fresh_process(exports, images, tmp_path):
   # TensorFlow's own imports pull in jax when it is installed; rock_jax and Flax stay out.
   assert out['modules'] == []
   # At the model's size: the Flax model's detections, boxes in pixels.
-  loaded = detect.load_model(workdir)
+  loaded = inference.load_model(workdir)
   want, _ = detect.make_predict_fn(loaded)(_batch(images, loaded.config.data.image_size)[:1])
   got = {k: np.asarray(v) for k, v in out[files[0]].items()}
   got['num'] = got.pop('num_detections')

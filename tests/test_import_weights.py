@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+from rock_jax import checkpoints
 from rock_jax.models import resnet
 from rock_jax.tools import import_weights
 
@@ -227,7 +228,7 @@ def test_cli(resnet18_state, tmp_path):
     check=False,
   )
   assert run.returncode == 0, run.stderr
-  restored = import_weights.load_backbone(output)
+  restored = checkpoints.load_backbone(output)
   np.testing.assert_allclose(
     np.asarray(restored['params']['stem_conv']['kernel']),
     resnet18_state['conv1.weight'].transpose(2, 3, 1, 0),
@@ -263,7 +264,7 @@ def test_trainer_starts_from_imported_backbone(resnet18_state, tmp_path, monkeyp
     for k, v in resnet18_state.items()
   }
   weights = str(tmp_path / 'weights')
-  import_weights.save(
+  checkpoints.save_backbone(
     import_weights.import_file(_npz(resnet18_state, tmp_path), 'torchvision', depth=18), weights
   )
 
@@ -314,8 +315,8 @@ def test_timm_safetensors_load_as_they_are(tmp_path, batches_tracked):
   path = str(tmp_path / 'model.safetensors')  # The file name timm publishes.
   save_file(state, path)
   out = str(tmp_path / 'r50')
-  import_weights.save(import_weights.import_file(path, 'torchvision', depth=50), out)
-  loaded = import_weights.load_backbone(out)
+  checkpoints.save_backbone(import_weights.import_file(path, 'torchvision', depth=50), out)
+  loaded = checkpoints.load_backbone(out)
   np.testing.assert_array_equal(
     loaded['params']['stage4_block3']['conv3']['kernel'],
     state['layer4.2.conv3.weight'].transpose(2, 3, 1, 0),

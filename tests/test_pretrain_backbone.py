@@ -15,7 +15,6 @@ from configs import synthetic
 from rock_jax import checkpoints
 from rock_jax.datasets import object_crops, rooms_render, synthetic_rooms
 from rock_jax.models import detector
-from rock_jax.tools import import_weights
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -65,7 +64,7 @@ def test_smoke_pretraining_loads_through_init_backbone(tmp_path):
 
   # The detector that `--config.init_backbone` builds takes every backbone leaf from it,
   # BatchNorm statistics included, and nothing else.
-  saved = import_weights.load_backbone(str(workdir / 'backbone'))
+  saved = checkpoints.load_backbone(str(workdir / 'backbone'))
   config = synthetic.get_config('smoke')
   config.model.backbone.freeze_bn_stats = True
   model = detector.build_model(config)

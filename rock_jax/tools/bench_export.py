@@ -30,7 +30,7 @@ from absl import flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from rock_jax import checkpoints, cli, detect, export, postprocess, serving, train
+from rock_jax import checkpoints, cli, detect, export, inference, postprocess, serving, train
 from rock_jax.models import detector
 
 
@@ -57,7 +57,7 @@ def save_fresh_checkpoint(config, workdir: epath.Path) -> None:
 
 def bench(checkpoint, out: epath.Path, *, batch: int, iters: int, warmup: int) -> str:
   """Exports `checkpoint` to `out` and returns the markdown table of latencies."""
-  loaded = detect.load_model(checkpoint)
+  loaded = inference.load_model(checkpoint)
   export.run(checkpoint, out, batch='dynamic', with_postprocess=True)
   height, width = loaded.config.data.image_size
   default_boxes = jnp.asarray(loaded.default_boxes, jnp.float32)

@@ -80,9 +80,7 @@ def initial_variables(config: ml_collections.ConfigDict, model: detector.Detecto
     loaded = checkpoints.load_variables(config.init_from)
     return checkpoints.merge_variables(fresh, loaded, tuple(config.get('init_exclude', ())))
   if config.get('init_backbone'):
-    from rock_jax.tools import import_weights  # noqa: PLC0415
-
-    return checkpoints.merge_backbone(fresh, import_weights.load_backbone(config.init_backbone))
+    return checkpoints.merge_backbone(fresh, checkpoints.load_backbone(config.init_backbone))
   return fresh
 
 

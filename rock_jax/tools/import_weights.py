@@ -38,10 +38,9 @@ import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from absl import flags
 
-from rock_jax import cli
+from rock_jax import checkpoints, cli
 from rock_jax.models import resnet
 
 FORMATS = ('torchvision', 'keras')  # Backbone formats; the CLI also takes 'rock_pytorch'.
@@ -328,32 +327,6 @@ def import_file(path: str, fmt: str, *, depth: int = 50) -> dict[str, Any]:
   raise WeightImportError(f'{path}: unknown format {fmt!r}, expected one of {FORMATS}.')
 
 
-def save(variables: Mapping[str, Any], directory: str) -> None:
-  """Writes backbone variables as an Orbax checkpoint.
-
-  Args:
-    variables: `{'params': ..., 'batch_stats': ...}`.
-    directory: Output directory (must not exist yet).
-  """
-  with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(os.path.abspath(directory), dict(variables))
-    checkpointer.wait_until_finished()
-
-
-def load_backbone(directory: str) -> dict[str, Any]:
-  """Reads backbone variables written by this tool.
-
-  Args:
-    directory: The `--output` directory of the CLI (`config.init_backbone`).
-
-  Returns:
-    `{'params': ..., 'batch_stats': ...}` pytree of arrays, to be placed under the
-    detector's `backbone` entries.
-  """
-  with ocp.StandardCheckpointer() as checkpointer:
-    return checkpointer.restore(os.path.abspath(directory))
-
-
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
   from ml_collections import config_flags
@@ -384,7 +357,7 @@ def _cli() -> None:
     if fmt.value == 'rock_pytorch':
       import_rock_pytorch.save(variables, network, output.value)
     else:
-      save(variables, output.value)
+      checkpoints.save_backbone(variables, output.value)
     count = sum(x.size for x in jax.tree.leaves(variables['params']))
     print(f'Wrote {count:,} parameters to {output.value}.')
 

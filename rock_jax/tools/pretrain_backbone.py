@@ -16,7 +16,7 @@ horizontal flips.
 
 Writes into `--workdir`:
 - `backbone/`: the backbone's `{'params', 'batch_stats'}` as an Orbax checkpoint, the
-  format `config.init_backbone` reads (`rock_jax.tools.import_weights.save`);
+  format `config.init_backbone` reads (`rock_jax.checkpoints.save_backbone`);
 - `metrics.json`: top-1 on the held-out crops (scenes of another split), per class,
   the crop counts, sizes, wall times and the command;
 - `crops_train.npz`, `crops_test.npz`: the rendered crops, reused by a rerun with the
@@ -47,7 +47,7 @@ import optax
 from absl import app, flags
 from ml_collections import config_flags
 
-from rock_jax import cli, input_pipeline
+from rock_jax import checkpoints, cli, input_pipeline
 from rock_jax.datasets import object_crops
 from rock_jax.models import resnet
 
@@ -234,12 +234,10 @@ def pretrain(
   print(f'held-out top-1 {top1:.3f} ({len(test_x)} crops; majority class {majority:.3f})')
 
   # Exactly what `config.init_backbone` reads: the backbone's params and BN statistics.
-  from rock_jax.tools import import_weights  # noqa: PLC0415
-
   out = os.path.join(workdir, BACKBONE)
   if os.path.exists(out):
     shutil.rmtree(out)
-  import_weights.save(
+  checkpoints.save_backbone(
     {'params': params['backbone'], 'batch_stats': batch_stats['backbone']},
     out,
   )
