@@ -18,7 +18,7 @@ Images of any size and mode are read with PIL (EXIF orientation applied), then g
 through `input_pipeline.preprocess_image`, the function the eval pipeline uses
 (resize without antialiasing, ImageNet normalisation); detections come back as
 normalised boxes and are mapped to the original pixels with the evaluator's
-`evaluate.to_pixels_xywh`. Writes:
+`coco.to_pixels_xywh`. Writes:
 - `OUT/detections.json`: COCO results, `{image_id, category_id, bbox: [x, y, w, h]
   in original pixels, score}` (every detection above `config.eval.score_threshold`);
 - `OUT/images.json`: `images` (id, file_name, height, width) and `categories`
@@ -50,7 +50,7 @@ from absl import logging
 from etils import epath
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from rock_jax import cli, evaluate, inference, input_pipeline, panels, postprocess, serving
+from rock_jax import cli, coco, inference, input_pipeline, panels, postprocess, serving
 
 IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.ppm', '.pgm', '.tif', '.tiff', '.webp')
 
@@ -271,7 +271,7 @@ def run(
       one_det, one_aux = _index(det, j), _index(aux, j)
       height, width = original.shape[:2]
       image_infos.append({'id': image_id, 'file_name': path.name, 'height': height, 'width': width})
-      results.extend(evaluate.coco_detections(one_det, image_id, (height, width)))
+      results.extend(coco.coco_detections(one_det, image_id, (height, width)))
       if write_panels:
         panel = panels.figure3_panel(
           original,

@@ -1,22 +1,12 @@
-"""Evaluation: detections, COCO AP and auxiliary-task metrics over a split.
+"""Evaluation over a split: runs the eval step, gathers every host's detections, feeds COCO.
 
-The jitted eval step runs the detector and the (padded, fixed-shape) NMS on the
-`('data',)` mesh and reduces the auxiliary metrics to sums on device. Process 0
-collects the detections of all hosts and feeds the COCO evaluator, then shares the
-results with the other processes.
-
-Auxiliary metrics, pooled over every valid pixel (or image) of the split:
-- image-level class task `t` (scene): `t_accuracy`, top-1;
-- dense scalar task `t` (depth, disparity): `t_rmse` and `t_rel` (mean absolute
-  relative error), in the data's units (metres for depth), on valid pixels, the
-  prediction `exp(log-prediction)` clamped to the loss' range;
-- dense vector task `t` (normals): `t_mean_angle`, mean angular error in degrees.
-
-The validation loss is the training loss (`losses.multi_loss`) of each eval batch,
-averaged over the batches weighted by their number of real images: `loss` and
-`loss/<part>`. Process 0 also keeps the first `config.eval.num_panels` images' Figure-3
-panels (`Evaluator.panels`, predictions over targets) and the COCO evaluator of the
-last run (`Evaluator.coco`), for TensorBoard and `eval/<step>/` (`rock_jax.reporting`).
+The jitted eval step (`rock_jax.metrics.eval_step`) runs the detector and the (padded,
+fixed-shape) NMS on the `('data',)` mesh and reduces the auxiliary metrics and the loss
+to sums on device. Process 0 collects the detections of all hosts and feeds the COCO
+evaluator (`rock_jax.coco`), then shares the results with the other processes. It also
+keeps the first `config.eval.num_panels` images' Figure-3 panels (`Evaluator.panels`)
+and the COCO evaluator of the last run (`Evaluator.coco`), which `rock_jax.reporting`
+writes (TensorBoard, `eval/<step>/`, results.json).
 """
 
 import functools
@@ -33,7 +23,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rock_jax import boxes as box_lib
-from rock_jax import evaluate, input_pipeline, metrics, panels, reporting
+from rock_jax import coco, input_pipeline, metrics, panels, reporting
 from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector
 
@@ -83,7 +73,7 @@ class Evaluator:
     per_host = max(1, config.eval.batch_size // jax.process_count())
     self._host_batch = -(-per_host // local_devices) * local_devices
     self.panels: list[tuple[int, Any]] = []  # (image id, PIL image) of the last run.
-    self.coco: evaluate.CocoEvaluator | None = None  # The last run's, on process 0.
+    self.coco: coco.CocoEvaluator | None = None  # The last run's, on process 0.
     self._device_keys = ('image', 'valid', 'box_targets', 'cls_targets')
     self._device_keys += tasks_lib.batch_keys(config)
     self._task_kinds = {t.name: t.kind for t in tasks_lib.active(config)}
@@ -112,7 +102,7 @@ class Evaluator:
     """
     config = self.config
     is_lead = jax.process_index() == 0
-    coco = evaluate.CocoEvaluator(self.class_names) if is_lead else None
+    evaluator = coco.CocoEvaluator(self.class_names) if is_lead else None
     dataset = input_pipeline.create_eval_dataset(
       config, split, process_index=jax.process_index(), process_count=jax.process_count()
     )
@@ -138,8 +128,8 @@ class Evaluator:
       det = jax.device_get(det)
       keep = np.asarray(gt['valid']) > 0
       num_images += int(keep.sum())
-      if coco is not None and keep.any():
-        coco.add(
+      if evaluator is not None and keep.any():
+        evaluator.add(
           *(np.asarray(gt[k])[keep] for k in _GT_KEYS),
           {k: np.asarray(v)[keep] for k, v in det.items()},
         )
@@ -158,11 +148,11 @@ class Evaluator:
     if is_lead and panels_dir is not None:
       reporting.write_panels(self.panels, panels_dir)
     results: dict[str, Any] = {'step': step, 'split': split, 'num_images': num_images}
-    if coco is not None:
-      results.update(coco.result())
+    if evaluator is not None:
+      results.update(evaluator.result())
     results.update(metrics.aux_metrics_from_sums(sums, config))
     results.update(metrics.loss_from_sums(sums))
-    self.coco = coco
+    self.coco = evaluator
     return share_from_lead(results)
 
 

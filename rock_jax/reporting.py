@@ -41,7 +41,7 @@ import numpy as np
 from clu import metric_writers
 from etils import epath
 
-from rock_jax import evaluate
+from rock_jax import coco
 from rock_jax import tasks as tasks_lib
 
 CONFIG_FILE = 'config.json'
@@ -290,7 +290,7 @@ def format_eval(results: Mapping[str, Any], seconds: float | None = None) -> str
     'AR_medium': 'ARm',
     'AR_large': 'ARl',
   }
-  names = evaluate.COCO_SUMMARY_NAMES
+  names = coco.COCO_SUMMARY_NAMES
   cells = [f'{short[k]} {_pct(results.get(k)):>5}' for k in names if k in results]
   lines = [head]
   if cells:
@@ -316,7 +316,7 @@ def format_eval(results: Mapping[str, Any], seconds: float | None = None) -> str
 def write_eval_files(
   workdir: str | epath.Path,
   name: int | str,
-  coco: evaluate.CocoEvaluator,
+  coco: coco.CocoEvaluator,
   results: Mapping[str, Any],
 ) -> epath.Path:
   """Writes `eval/<name>/{detections,ground_truth,summary}.json`; returns the folder.
@@ -325,7 +325,7 @@ def write_eval_files(
   """
   directory = epath.Path(workdir) / EVAL_DIR / str(name)
   coco.write_json(directory)
-  summary = {k: results.get(k) for k in evaluate.COCO_SUMMARY_NAMES}
+  summary = {k: results.get(k) for k in coco.COCO_SUMMARY_NAMES}
   summary.update({k: v for k, v in results.items() if k not in summary})
   (directory / 'summary.json').write_text(
     json.dumps(to_json(summary), indent=2, sort_keys=False) + '\n'
@@ -361,7 +361,7 @@ def format_results(results: Mapping[str, Any], class_names: Sequence[str], name:
     f'Final results, AP@0.5 per class in % ({results.get("split")} split, step '
     f'{results.get("step")}, {results.get("num_images")} images):'
   ]
-  lines.append(evaluate.table(results, class_names, fmt='text', name=name))
+  lines.append(coco.table(results, class_names, fmt='text', name=name))
   # The table shows mAP@0.5 and the per-class AP@0.5; the stricter averages follow.
   lines.append(
     '  '.join(

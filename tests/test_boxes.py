@@ -65,7 +65,7 @@ def test_default_boxes_paper_config_order():
   d = boxes.default_boxes(config.model, (480, 640))
   per_loc = boxes.boxes_per_location(config.model.ssd.aspect_ratios)
   sizes = boxes.feature_map_sizes((480, 640), 16, 6)
-  assert per_loc == [4, 6, 6, 6, 4, 4, 4]
+  assert per_loc == (4, 6, 6, 6, 4, 4, 4)
   assert d.shape == (sum(h * w * k for (h, w), k in zip(sizes, per_loc, strict=True)), 4)
   assert d.dtype == np.float32
   # First map, location (0, 0): four boxes at the same centre, square s_0 first.

@@ -13,9 +13,9 @@ from PIL import Image
 from configs import nyuv2, synthetic
 from rock_jax import (
   checkpoints,
+  coco,
   detect,
   eval_loop,
-  evaluate,
   inference,
   input_pipeline,
   panels,
@@ -127,7 +127,7 @@ def test_to_coco_maps_to_original_pixels():
     'classes': np.array([3, 0]),
     'num': np.int32(1),
   }
-  [result] = evaluate.coco_detections(det, 7, (200, 400))
+  [result] = coco.coco_detections(det, 7, (200, 400))
   assert result['image_id'] == 7 and result['category_id'] == 3
   np.testing.assert_allclose(result['bbox'], [80, 20, 160, 80], atol=0.01)
   assert result['score'] == pytest.approx(0.75)
@@ -258,12 +258,12 @@ def test_detect_matches_the_eval_pipeline(tmp_path, monkeypatch):
   # Detections: the evaluator's COCO results and detect's detections.json.
   evaluators = []
 
-  class Recording(eval_loop.evaluate.CocoEvaluator):
+  class Recording(eval_loop.coco.CocoEvaluator):
     def __init__(self, *args, **kwargs):
       super().__init__(*args, **kwargs)
       evaluators.append(self)
 
-  monkeypatch.setattr(eval_loop.evaluate, 'CocoEvaluator', Recording)
+  monkeypatch.setattr(eval_loop.coco, 'CocoEvaluator', Recording)
   mesh = train.create_mesh(config.eval.batch_size)
   model = detector.build_model(config)
   with jax.set_mesh(mesh):

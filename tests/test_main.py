@@ -28,7 +28,7 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from configs import synthetic
-from rock_jax import checkpoints, evaluate, main, train
+from rock_jax import checkpoints, coco, main, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30
@@ -206,7 +206,7 @@ def test_smoke_workdir_files(uninterrupted):
   # results.json is the final test evaluation: its files are under eval/test_<step>/.
   summary = json.loads((workdir / 'eval' / f'test_{NUM_STEPS}' / 'summary.json').read_text())
   results = json.loads((workdir / 'results.json').read_text())
-  for name in evaluate.COCO_SUMMARY_NAMES:
+  for name in coco.COCO_SUMMARY_NAMES:
     assert name in summary and name in results, name
     assert summary[name] == results[name]
 
@@ -231,7 +231,7 @@ def test_smoke_tensorboard_has_pictures_and_every_scalar(uninterrupted):
   expected |= {'eval/loss', 'eval/loss/cls', 'eval/loss/depth', 'eval/depth_rmse'}
   # pycocotools has no number for a size range without objects (None, not written).
   results = json.loads((uninterrupted[0] / 'results.json').read_text())
-  defined = [name for name in evaluate.COCO_SUMMARY_NAMES if results[name] is not None]
+  defined = [name for name in coco.COCO_SUMMARY_NAMES if results[name] is not None]
   assert {'mAP@[0.5:0.95]', 'mAP@0.5', 'AR@100'} <= set(defined)
   expected |= {f'eval/{name}' for name in defined}
   assert expected <= scalars, expected - scalars

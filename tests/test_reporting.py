@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from rock_jax import console, evaluate, reporting
+from rock_jax import coco, console, reporting
 
 
 class FakeClock:
@@ -60,7 +60,7 @@ def test_format_duration(seconds, text):
 
 
 def test_format_eval_is_compact_and_has_every_number():
-  results = {name: 0.01 * (k + 1) for k, name in enumerate(evaluate.COCO_SUMMARY_NAMES)}
+  results = {name: 0.01 * (k + 1) for k, name in enumerate(coco.COCO_SUMMARY_NAMES)}
   results.update(
     step=400,
     split='test',
@@ -100,8 +100,8 @@ def test_write_config_and_eval_files(tmp_path):
   config = synthetic.get_config('smoke')
   path = reporting.write_config(config, tmp_path)
   assert json.loads(path.read_text())['model']['num_classes'] == synthetic.NUM_CLASSES
-  coco = evaluate.CocoEvaluator(['a'])
-  coco.add(
+  evaluator = coco.CocoEvaluator(['a'])
+  evaluator.add(
     [3],
     [[100, 200]],
     [[[0.1, 0.1, 0.5, 0.5]]],
@@ -109,13 +109,13 @@ def test_write_config_and_eval_files(tmp_path):
     [[True]],
     {'boxes': [[[0.1, 0.1, 0.5, 0.5]]], 'scores': [[0.9]], 'classes': [[1]], 'num': [1]},
   )
-  results = {'step': 7, 'split': 'test', **coco.result()}
-  directory = reporting.write_eval_files(tmp_path, 7, coco, results)
+  results = {'step': 7, 'split': 'test', **evaluator.result()}
+  directory = reporting.write_eval_files(tmp_path, 7, evaluator, results)
   assert directory == tmp_path / 'eval' / '7'
   (det,) = json.loads((directory / 'detections.json').read_text())
   assert det['image_id'] == 3 and det['category_id'] == 1 and det['score'] == pytest.approx(0.9)
   summary = json.loads((directory / 'summary.json').read_text())
-  assert list(summary)[:12] == list(evaluate.COCO_SUMMARY_NAMES)
+  assert list(summary)[:12] == list(coco.COCO_SUMMARY_NAMES)
   assert summary['mAP@0.5'] == pytest.approx(1.0)
 
 

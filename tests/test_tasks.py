@@ -34,7 +34,8 @@ class ToyEdges(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return self.dataset_info_from_configs(
+    return tfds.core.DatasetInfo(
+      builder=self,
       features=tfds.features.FeaturesDict(
         {
           'image': tfds.features.Image(shape=(H, W, 3)),
@@ -47,15 +48,15 @@ class ToyEdges(tfds.core.GeneratorBasedBuilder):
           ),
           'image_id': np.int64,
         }
-      )
+      ),
     )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {name: self._generate(seed, 6) for seed, name in enumerate(SPLITS)}
+    return {name: self._generate_examples(seed) for seed, name in enumerate(SPLITS)}
 
-  def _generate(self, seed: int, count: int):
-    for index in range(count):
+  def _generate_examples(self, seed: int):
+    for index in range(6):
       yield index, toy_example(seed, index)
 
 

@@ -1,19 +1,14 @@
 """ROCK on the built-in synthetic rooms, sized for a CPU (the README's demo).
 
 `synthetic_rooms/cpu` renders 2500 / 250 / 500 images at 192x256 on first use (no
-download, about 2.5 minutes on 2 cores). The model sees them at 144x192: a narrow
+download). The model sees them at 144x192: a narrow
 ResNet-18 (stages of 32 to 256 channels) from scratch at output stride 16 (conv5 9x12)
 with a ROCK block and an SSD head scaled down to match, trained with Adam at a higher
 rate than the paper's (small model from scratch, few steps) and two 10x decays.
 
-Budget, measured with the README command on a 2-core CPU shared with other jobs (1.8
-to 3.0 steps/s): 1600 steps of 16 images (about 10 epochs) take 12 minutes of training,
-12.3 minutes in all (plus 2.4 minutes to render the dataset on first use), and reach
-0.51 mAP@0.5 on the synthetic test split (0.11 / 0.24 / 0.37 / 0.51 at steps 400 /
-800 / 1200 / 1600: still rising, more steps would pay; measured on the test split
-before the periodic evaluation moved to validation, not rerun since). Now the curve is
-on the validation split and the best step there is tested once, at the end. Choices,
-measured on the train and validation splits:
+Its time and results (render time, learning curve, mAP) are measured figures: they live
+in the README (the paragraph after the two commands), BENCHMARKS.md and RESULTS.md, not
+here. Choices, measured on the train and validation splits:
 - 144x192 instead of 192x256: 1.8x faster per step; the objects are large (median
   sqrt(area) 34 % of the image side, 2.4 per image), so the lower resolution costs
   little while the extra steps matter most for a network trained from scratch;

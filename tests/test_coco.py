@@ -1,4 +1,4 @@
-"""Tests for rock_jax.evaluate, and the oracle test of the whole detection core."""
+"""Tests for rock_jax.coco, and the oracle test of the whole detection core."""
 
 import json
 
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs.base import get_base_config, smoke
-from rock_jax import boxes, evaluate, matching, postprocess
+from rock_jax import boxes, coco, matching, postprocess
 
 _CLASSES = ('bed', 'chair', 'lamp', 'sofa')
 
@@ -35,7 +35,7 @@ def _gt(boxes_, labels, m_max=3):
 
 
 def test_json_export_pixels_xywh():
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   box = [[0.1, 0.2, 0.5, 0.6]]
   ev.add([7], [[480, 640]], *_gt(box, [2]), _det(box, [0.9], [2]))
   gt = ev.ground_truth_json()
@@ -50,7 +50,7 @@ def test_json_export_pixels_xywh():
 
 
 def test_perfect_detection_absent_classes_and_table():
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   boxes_ = [[0.1, 0.1, 0.4, 0.3], [0.5, 0.5, 0.9, 0.9]]
   ev.add([1], [[480, 640]], *_gt(boxes_, [1, 2]), _det(boxes_, [0.9, 0.8], [1, 2]))
   ev.add([2], [[480, 640]], *_gt(np.zeros((0, 4)), []), _det(np.zeros((0, 4)), [], []))
@@ -59,7 +59,7 @@ def test_perfect_detection_absent_classes_and_table():
   assert result['mAP@[0.5:0.95]'] == pytest.approx(1.0)
   assert result['AP@0.5/bed'] == pytest.approx(1.0)
   assert result['AP@0.5/lamp'] is None and result['AP@0.5/sofa'] is None
-  text = evaluate.table(result, _CLASSES, fmt='text', name='ROCK')
+  text = coco.table(result, _CLASSES, fmt='text', name='ROCK')
   header, row = text.splitlines()
   assert header.split() == ['Model', 'mAP', *_CLASSES]
   assert row.split() == ['ROCK', '100.0', '100.0', '100.0', '-', '-']
@@ -69,7 +69,7 @@ def test_perfect_detection_absent_classes_and_table():
 
 
 def test_false_positive_on_image_without_gt_halves_ap():
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   box = [[0.1, 0.1, 0.4, 0.3]]
   ev.add([1], [[480, 640]], *_gt(box, [1]), _det(box, [0.8], [1]))
   # An image without ground truth: its higher-scored detection is a false positive, so
@@ -82,12 +82,12 @@ def test_false_positive_on_image_without_gt_halves_ap():
 
 
 def test_no_detections_and_no_ground_truth():
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   ev.add([1], [[480, 640]], *_gt([[0.1, 0.1, 0.4, 0.3]], [3]), _det(np.zeros((0, 4)), [], []))
   result = ev.result()
   assert result['mAP@0.5'] == 0.0 and result['AP@0.5/lamp'] == 0.0
   assert result['AP@0.5/bed'] is None
-  empty = evaluate.CocoEvaluator(_CLASSES)
+  empty = coco.CocoEvaluator(_CLASSES)
   empty.add([1], [[480, 640]], *_gt(np.zeros((0, 4)), []), _det([[0, 0, 1, 1]], [0.9], [1]))
   assert all(v is None for v in empty.result().values())
   with pytest.raises(ValueError, match='twice'):
@@ -95,7 +95,7 @@ def test_no_detections_and_no_ground_truth():
 
 
 def test_padding_examples_are_skipped():
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   b, lab, mask = _gt([[0.1, 0.1, 0.4, 0.3]], [1])
   det = _det([[0.1, 0.1, 0.4, 0.3]], [0.9], [1])
   stacked = lambda x: np.concatenate([x, x])
@@ -132,7 +132,7 @@ def test_oracle_match_encode_decode_nms_coco():
     images.append((np.array(gt, np.float32).reshape(-1, 4), rng.integers(1, 4, num)))
 
   max_boxes = 5
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   post = jax.jit(
     lambda o, lo: postprocess.postprocess(
       o, lo, anchors, score_threshold=0.05, pre_nms_top_k=50, nms_iou=0.3, max_detections=20
@@ -167,7 +167,7 @@ def test_full_coco_summary_by_object_size():
   small = [0.10, 0.10, 0.12, 0.12]
   medium = [0.30, 0.30, 0.35, 0.35]
   large = [0.50, 0.50, 0.70, 0.70]
-  ev = evaluate.CocoEvaluator(_CLASSES)
+  ev = coco.CocoEvaluator(_CLASSES)
   ev.add(
     [1],
     [[1000, 1000]],
@@ -189,6 +189,6 @@ def test_full_coco_summary_by_object_size():
     'AR_medium': 1.0,
     'AR_large': 1.0,
   }
-  assert tuple(expected) == evaluate.COCO_SUMMARY_NAMES
+  assert tuple(expected) == coco.COCO_SUMMARY_NAMES
   for name, value in expected.items():
     assert result[name] == pytest.approx(value, abs=1e-6), name
