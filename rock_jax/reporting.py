@@ -316,7 +316,7 @@ def format_eval(results: Mapping[str, Any], seconds: float | None = None) -> str
 def write_eval_files(
   workdir: str | epath.Path,
   name: int | str,
-  coco: coco.CocoEvaluator,
+  evaluator: coco.CocoEvaluator,
   results: Mapping[str, Any],
 ) -> epath.Path:
   """Writes `eval/<name>/{detections,ground_truth,summary}.json`; returns the folder.
@@ -324,7 +324,7 @@ def write_eval_files(
   `name` is the step of a validation evaluation, `test_<step>` for the test split.
   """
   directory = epath.Path(workdir) / EVAL_DIR / str(name)
-  coco.write_json(directory)
+  evaluator.write_json(directory)
   summary = {k: results.get(k) for k in coco.COCO_SUMMARY_NAMES}
   summary.update({k: v for k, v in results.items() if k not in summary})
   (directory / 'summary.json').write_text(

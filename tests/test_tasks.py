@@ -8,7 +8,6 @@ workdir's results then carry it with no other change.
 
 import json
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -140,8 +139,7 @@ def test_a_new_dense_task_needs_a_config_entry_and_one_function(tmp_path, monkey
   config.train.num_steps = 2
   config.train.eval_every = 2
   workdir = tmp_path / 'run'
-  mesh = jax.make_mesh((1,), ('data',), devices=jax.devices()[:1])
-  results = train.train_and_evaluate(config, str(workdir), mesh=mesh)
+  results = train.train_and_evaluate(config, str(workdir))
   assert results['split'] == 'test'
   assert results['edges_rmse'] is not None and results['edges_rel'] is not None
   assert 'loss/edges' in results and results['loss/edges'] > 0
