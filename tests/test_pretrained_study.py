@@ -17,7 +17,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from configs import nyuv2_finetune, synthetic_finetune
+from rock_jax import configs
+from rock_jax.configs import nyuv2_finetune, synthetic_finetune
 from rock_jax.tools import pretrained_study as ps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,12 +74,12 @@ def test_runs_follow_the_protocol():
   # §3: the source run starts from the §1 backbone; the fine-tuning from the source run,
   # with exactly the init_exclude of the NYUv2 fine-tuning config.
   source = ps.source_run('R', 'B', 3e-4, 1000, False)
-  assert source.config == 'configs/synthetic_source.py'
+  assert source.config == 'synthetic_source'  # The packaged config, by its short name.
   assert _overrides(source)['init_backbone'] == 'B'
   finetune = ps.finetune_run('R', source.workdir, 2, 3e-4, 500, False)
   o = _overrides(finetune)
   assert o['init_from'] == source.workdir and 'init_backbone' not in o
-  assert finetune.config == 'configs/synthetic_finetune.py'
+  assert finetune.config == 'synthetic_finetune'
   assert synthetic_finetune.get_config().init_exclude == nyuv2_finetune.get_config().init_exclude
 
 
@@ -105,22 +106,25 @@ def test_smoke_refuses_the_repository_results(tmp_path):
 
 @pytest.mark.slow
 def test_smoke_study_runs_resumes_and_reports(tmp_path):
+  # From a folder outside the checkout, every location relative to it.
   root, out = tmp_path / 'study', tmp_path / 'REPORT.md'
   command = [
     sys.executable,
     '-m',
     'rock_jax.tools.pretrained_study',
     '--smoke',
-    f'--root={root}',
-    f'--out={out}',
-    f'--data_dir={tmp_path / "tfds"}',
+    '--root=study',
+    '--out=REPORT.md',
+    '--data_dir=tfds',
     '--seeds=0',
     '--variants=rock',
     '--lrs=0.001',
     '--processes=1',
   ]
   env = cached_env.subprocess_env(tmp_path / 'xla_cache', REPO)
-  first = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  first = subprocess.run(
+    command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+  )
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'training' in first.stdout and 'reusing' not in first.stdout
   text = out.read_text()
@@ -140,7 +144,9 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path):
   # A rerun trains nothing, and the report follows the files.
   rock['mAP@0.5'] = 0.4321
   (root / 'table1' / 'rock' / 'seed0' / 'results.json').write_text(json.dumps(rock))
-  second = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, check=False)
+  second = subprocess.run(
+    command, cwd=tmp_path, env=env, capture_output=True, text=True, check=False
+  )
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'training' not in second.stdout and 'reusing' in second.stdout
   assert '| ROCK | 1 | 43.2 |' in out.read_text()
@@ -149,7 +155,7 @@ def test_smoke_study_runs_resumes_and_reports(tmp_path):
 def _parse(run):
   """The config of a run, parsed from its command line as `rock_jax.main` parses it."""
   argv = ['prog', *run.args(None)[2:]]
-  argv = [a for a in argv if not a.startswith('--workdir=')]
+  argv = configs.resolve_argv([a for a in argv if not a.startswith('--workdir=')])
   flag_values = flags.FlagValues()
   config_flags.DEFINE_config_file('config', flag_values=flag_values, sys_argv=argv)
   with warnings.catch_warnings():

@@ -104,7 +104,7 @@ def _expected(results: dict, key: str, scale: float, digits: int) -> str:
 
 @pytest.fixture(scope='module')
 def smoke_study(tmp_path_factory):
-  """Runs the smoke study once; returns (command, env, root, out)."""
+  """Runs the smoke study once, outside the checkout; returns (command, env, root, out, cwd)."""
   tmp = tmp_path_factory.mktemp('study')
   env = cached_env.subprocess_env(tmp_path_factory.mktemp('xla_cache'), REPO)
   root, out = tmp / 'runs', tmp / 'RESULTS.md'
@@ -119,9 +119,11 @@ def smoke_study(tmp_path_factory):
     f'--out={out}',
     f'--data_dir={tmp / "tfds"}',
   ]
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+  cwd = tmp / 'elsewhere'
+  cwd.mkdir()
+  result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-5000:]
-  return command, env, root, out
+  return command, env, root, out, cwd
 
 
 def _load(root, variant: str) -> dict:
@@ -131,7 +133,7 @@ def _load(root, variant: str) -> dict:
 
 
 def test_smoke_study_table_comes_from_results(smoke_study):
-  _, _, root, out = smoke_study
+  _, _, root, out, _ = smoke_study
   text = out.read_text()
   rows = _table_rows(text, '## Results (synthetic rooms, AP in %)')
   header, rule, *body = rows
@@ -159,14 +161,14 @@ def test_smoke_study_table_comes_from_results(smoke_study):
 
 
 def test_smoke_study_rerun_reuses_results(smoke_study):
-  command, env, root, out = smoke_study
+  command, env, root, out, cwd = smoke_study
   workdir = study.run_workdir(str(root), SMOKE_STEPS, 'rock', 0)
   path = os.path.join(workdir, 'results.json')
   results = _load(root, 'rock')
   results['mAP@0.5'] = 0.4321  # A value no smoke run reaches: must show up as is.
   with open(path, 'w') as f:
     json.dump(results, f)
-  result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-5000:]
   assert 'reusing' in result.stdout
   rows = _table_rows(out.read_text(), '## Results (synthetic rooms, AP in %)')
@@ -186,9 +188,16 @@ def test_default_report_never_overwrites_the_committed_results(tmp_path, monkeyp
   monkeypatch.chdir(tmp_path)
   assert study.report_path(None, 'workdir/study', smoke=False) == 'workdir/study/RESULTS.md'
   assert study.report_path(None, 'workdir/study', smoke=True) == 'workdir/study/RESULTS.md'
-  # The committed table is written only when named, and never by a smoke study.
-  committed = os.path.join(study.REPO, 'RESULTS.md')
+  # The committed table is written only when named, and never by a smoke study: a
+  # RESULTS.md in the current directory or beside a pyproject.toml (a checkout's root).
+  committed = os.path.join(REPO, 'RESULTS.md')
   assert study.report_path(committed, 'r', smoke=False) == committed
-  for out in (committed, 'RESULTS.md'):
+  other_checkout = tmp_path / 'checkout'
+  other_checkout.mkdir()
+  (other_checkout / 'pyproject.toml').write_text('')
+  for out in (committed, 'RESULTS.md', str(other_checkout / 'RESULTS.md')):
+    assert study.is_committed_results(out)
     with pytest.raises(app.UsageError, match='never writes'):
       study.report_path(out, 'r', smoke=True)
+  assert not study.is_committed_results(str(other_checkout / 'REPORT.md'))
+  assert not study.is_committed_results('workdir/study/RESULTS.md')

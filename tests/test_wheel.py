@@ -19,17 +19,13 @@ import fake_datasets as fd
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Imports the tools that used to import the checkout's `configs` (each defines its own
-# flags: they are dropped in between), then says where rock_jax and `configs` come from.
+# Imports the tools that used to import the checkout's `configs` (importing a tool defines
+# no flags), then says where rock_jax and `configs` come from.
 _IMPORT_TOOLS = """
 import importlib, importlib.util
-from absl import flags
 import rock_jax
-for name in ('study', 'recall_ceiling', 'bench_input'):
-  before = set(flags.FLAGS)
+for name in ('study', 'pretrained_study', 'recall_ceiling', 'bench_input'):
   importlib.import_module('rock_jax.tools.' + name)
-  for flag in set(flags.FLAGS) - before:
-    delattr(flags.FLAGS, flag)
 print(rock_jax.__file__)
 print(importlib.util.find_spec('configs'))
 """

@@ -102,7 +102,7 @@ def main(argv: Sequence[str]) -> None:
   checkpoint = flags.FLAGS.checkpoint
   if checkpoint is None:
     checkpoint = workdir / 'run'
-    save_fresh_checkpoint(_CONFIG.value, checkpoint)
+    save_fresh_checkpoint(flags.FLAGS.config, checkpoint)
   start = time.time()
   table = bench(
     checkpoint,
@@ -115,8 +115,9 @@ def main(argv: Sequence[str]) -> None:
   print(f'\n(whole run {time.time() - start:.0f} s)')
 
 
-if __name__ == '__main__':
-  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config of a fresh model.')
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  config_flags.DEFINE_config_file('config', None, 'Config of a fresh model.')
   flags.DEFINE_string('checkpoint', None, 'Checkpoint to export (default: a fresh model).')
   flags.DEFINE_string('workdir', None, 'Where the checkpoint and the export go.')
   flags.DEFINE_integer('batch', 8, 'The larger batch.')
@@ -124,3 +125,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('warmup', 1, 'Untimed calls first.')
   flags.mark_flags_as_required(['workdir'])
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

@@ -14,33 +14,39 @@ from rock_jax import cli, input_pipeline
 from rock_jax.configs import base
 from rock_jax.datasets import synthetic_rooms
 
-_DATA_DIR = flags.DEFINE_string('data_dir', '/tmp/rock_jax_bench', 'TFDS data dir (cache).')
-_BATCHES = flags.DEFINE_integer('batches', 40, 'Timed batches (after 5 warm-up batches).')
+FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
   del argv
-  synthetic_rooms.load_builder('bench', data_dir=_DATA_DIR.value)
+  synthetic_rooms.load_builder('bench', data_dir=FLAGS.data_dir)
   config = base.get_base_config()  # 480x640, batch 8, crop + flip + jitter, 7236 anchors.
   config.model.num_classes = 11
   config.data.name = 'synthetic_rooms'
   config.data.builder_config = 'bench'
-  config.data.data_dir = _DATA_DIR.value
+  config.data.data_dir = FLAGS.data_dir
   config.data.shuffle_buffer = 64
   ds = input_pipeline.create_train_dataset(config, seed=0, process_index=0, process_count=1)
   it = ds.as_numpy_iterator()
   for _ in range(5):
     next(it)
   start = time.perf_counter()
-  for _ in range(_BATCHES.value):
+  for _ in range(FLAGS.batches):
     next(it)
   elapsed = time.perf_counter() - start
   cores = len(os.sched_getaffinity(0))
-  images = _BATCHES.value * config.train.batch_size
+  images = FLAGS.batches * config.train.batch_size
   rate = images / elapsed
   print(f'{images} images at 480x640 in {elapsed:.2f} s: {rate:.1f} images/s, '
         f'{rate / cores:.1f} images/s per core ({cores} cores).')  # fmt: skip
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  flags.DEFINE_string('data_dir', '/tmp/rock_jax_bench', 'TFDS data dir (cache).')
+  flags.DEFINE_integer('batches', 40, 'Timed batches (after 5 warm-up batches).')
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

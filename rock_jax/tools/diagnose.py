@@ -41,9 +41,7 @@ from rock_jax import checkpoints, cli, input_pipeline, losses, train
 from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The run config file[:arg].')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The run workdir (its checkpoints).')
-_OUT = flags.DEFINE_string('out', None, 'Output JSON (default WORKDIR/diagnosis.json).')
+FLAGS = flags.FLAGS
 
 TRUNK = ('trunk1', 'trunk2')
 
@@ -221,14 +219,22 @@ def diagnose(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _WORKDIR.value or _CONFIG.value is None:
+  if not FLAGS.workdir or FLAGS.config is None:
     raise app.UsageError('--config and --workdir are required.')
-  result = diagnose(_CONFIG.value, _WORKDIR.value)
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'diagnosis.json')
+  result = diagnose(FLAGS.config, FLAGS.workdir)
+  out = FLAGS.out or os.path.join(FLAGS.workdir, 'diagnosis.json')
   with open(out, 'w') as f:
     json.dump(result, f, indent=1)
   print(f'Wrote {out}')
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  config_flags.DEFINE_config_file('config', None, 'The run config file[:arg].')
+  flags.DEFINE_string('workdir', None, 'The run workdir (its checkpoints).')
+  flags.DEFINE_string('out', None, 'Output JSON (default WORKDIR/diagnosis.json).')
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

@@ -137,10 +137,15 @@ def main(argv: Sequence[str]) -> None:
   print(f'Wrote {path}', flush=True)
 
 
-if __name__ == '__main__':
-  from absl import flags
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  from absl import flags  # noqa: PLC0415
 
   flags.DEFINE_multi_string('workdir', [], 'Run directory (repeatable; or list them after).')
   flags.DEFINE_string('out', None, 'The PNG (default: see the module docstring).')
   flags.DEFINE_list('labels', None, 'Legend names, one per workdir.')
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

@@ -51,21 +51,7 @@ from rock_jax import checkpoints, cli, input_pipeline
 from rock_jax.datasets import object_crops
 from rock_jax.models import resnet
 
-_CONFIG = config_flags.DEFINE_config_file(
-  'config', None, 'The detection config whose model.backbone is pretrained.'
-)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Output directory.')
-_SMOKE = flags.DEFINE_bool('smoke', False, 'Tiny sizes, a few steps (tests, CI).')
-_STEPS = flags.DEFINE_integer('steps', None, 'Training steps (default 1500; smoke 3).')
-_BATCH = flags.DEFINE_integer('batch_size', None, 'Batch size (default 64; smoke 8).')
-_LR = flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate (cosine decay).')
-_WEIGHT_DECAY = flags.DEFINE_float('weight_decay', 5e-5, 'Decoupled weight decay (AdamW).')
-_TRAIN_SCENES = flags.DEFINE_integer('train_scenes', None, 'Scenes for training crops.')
-_TEST_SCENES = flags.DEFINE_integer('test_scenes', None, 'Held-out scenes for top-1.')
-_CROP = flags.DEFINE_integer('crop_size', None, 'Crop side in pixels (default 64).')
-_SEED = flags.DEFINE_integer('seed', 0, 'Crop set and training seed.')
-_PROCESSES = flags.DEFINE_integer('processes', 1, 'Render worker processes.')
-_FORCE = flags.DEFINE_bool('force', False, 'Redo a finished workdir.')
+FLAGS = flags.FLAGS
 
 # (train scenes, test scenes, crop size, steps, batch) of the real run and of the smoke.
 DEFAULTS = {False: (3000, 400, 64, 1500, 64), True: (6, 4, 32, 3, 8)}
@@ -101,7 +87,15 @@ def normalise(images: jnp.ndarray) -> jnp.ndarray:
 
 
 def load_or_render(
-  workdir: str, split: str, num_scenes: int, *, seed: int, height: int, width: int, size: int
+  workdir: str,
+  split: str,
+  num_scenes: int,
+  *,
+  seed: int,
+  height: int,
+  width: int,
+  size: int,
+  processes: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
   """The crops of a split, from `workdir/crops_<split>.npz` when it has these settings."""
   path = os.path.join(workdir, f'crops_{split}.npz')
@@ -111,7 +105,7 @@ def load_or_render(
       if np.array_equal(data['meta'], meta):
         return data['crops'], data['labels']
   crops, labels = object_crops.render_crops(
-    seed, split, num_scenes, height=height, width=width, size=size, processes=_PROCESSES.value
+    seed, split, num_scenes, height=height, width=width, size=size, processes=processes
   )
   np.savez(path, crops=crops, labels=labels, meta=meta)
   return crops, labels
@@ -148,17 +142,15 @@ def pretrain(
   learning_rate: float,
   weight_decay: float,
   command: str,
+  processes: int = 1,
 ) -> dict[str, Any]:
   """Renders the crops, trains, evaluates, writes `backbone/` and `metrics.json`."""
   os.makedirs(workdir, exist_ok=True)
   height, width = config.data.image_size  # Objects at the scale the detector sees them.
   start = time.time()
-  train_x, train_y = load_or_render(
-    workdir, 'train', train_scenes, seed=seed, height=height, width=width, size=crop_size
-  )
-  test_x, test_y = load_or_render(
-    workdir, 'test', test_scenes, seed=seed, height=height, width=width, size=crop_size
-  )
+  render = dict(seed=seed, height=height, width=width, size=crop_size, processes=processes)
+  train_x, train_y = load_or_render(workdir, 'train', train_scenes, **render)
+  test_x, test_y = load_or_render(workdir, 'test', test_scenes, **render)
   render_seconds = time.time() - start
   print(
     f'{len(train_x)} train crops from {train_scenes} scenes, {len(test_x)} held-out crops '
@@ -286,33 +278,54 @@ def is_done(workdir: str) -> bool:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not _WORKDIR.value:
+  if not FLAGS.workdir:
     raise app.UsageError('--workdir is required.')
-  smoke = _SMOKE.value
-  config = _CONFIG.value
+  smoke = FLAGS.smoke
+  config = FLAGS.config
   if config is None:
     from rock_jax.configs import synthetic  # noqa: PLC0415
 
     config = synthetic.get_config('smoke' if smoke else None)
-  if is_done(_WORKDIR.value) and not _FORCE.value:
-    print(f'{_WORKDIR.value} is already pretrained (--force redoes it).')
+  if is_done(FLAGS.workdir) and not FLAGS.force:
+    print(f'{FLAGS.workdir} is already pretrained (--force redoes it).')
     return
   scenes, held_out, crop, steps, batch = DEFAULTS[smoke]
   pretrain(
     config,
-    _WORKDIR.value,
+    FLAGS.workdir,
     smoke=smoke,
-    steps=_STEPS.value or steps,
-    batch_size=_BATCH.value or batch,
-    train_scenes=_TRAIN_SCENES.value or scenes,
-    test_scenes=_TEST_SCENES.value or held_out,
-    crop_size=_CROP.value or crop,
-    seed=_SEED.value,
-    learning_rate=_LR.value,
-    weight_decay=_WEIGHT_DECAY.value,
+    steps=FLAGS.steps or steps,
+    batch_size=FLAGS.batch_size or batch,
+    train_scenes=FLAGS.train_scenes or scenes,
+    test_scenes=FLAGS.test_scenes or held_out,
+    crop_size=FLAGS.crop_size or crop,
+    seed=FLAGS.seed,
+    learning_rate=FLAGS.learning_rate,
+    weight_decay=FLAGS.weight_decay,
     command=shlex.join(['python', '-m', 'rock_jax.tools.pretrain_backbone', *sys.argv[1:]]),
+    processes=FLAGS.processes,
   )
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  config_flags.DEFINE_config_file(
+    'config', None, 'The detection config whose model.backbone is pretrained.'
+  )
+  flags.DEFINE_string('workdir', None, 'Output directory.')
+  flags.DEFINE_bool('smoke', False, 'Tiny sizes, a few steps (tests, CI).')
+  flags.DEFINE_integer('steps', None, 'Training steps (default 1500; smoke 3).')
+  flags.DEFINE_integer('batch_size', None, 'Batch size (default 64; smoke 8).')
+  flags.DEFINE_float('learning_rate', 2e-3, 'Peak Adam learning rate (cosine decay).')
+  flags.DEFINE_float('weight_decay', 5e-5, 'Decoupled weight decay (AdamW).')
+  flags.DEFINE_integer('train_scenes', None, 'Scenes for training crops.')
+  flags.DEFINE_integer('test_scenes', None, 'Held-out scenes for top-1.')
+  flags.DEFINE_integer('crop_size', None, 'Crop side in pixels (default 64).')
+  flags.DEFINE_integer('seed', 0, 'Crop set and training seed.')
+  flags.DEFINE_integer('processes', 1, 'Render worker processes.')
+  flags.DEFINE_bool('force', False, 'Redo a finished workdir.')
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

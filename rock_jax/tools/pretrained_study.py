@@ -14,9 +14,9 @@ result (so the study resumes after an interruption and can run in parts, `--part
 3. `table1` (§2, paper Tables 1 and 5): `VARIANTS` x seeds, evaluated once on the test
    split at the final step.
 4. `source` (§3): ROCK with depth and normals on `synthetic_rooms/source` from the §1
-   backbone (`configs/synthetic_source.py`), seed 0.
+   backbone (the packaged config `synthetic_source`), seed 0.
 5. `finetune` (§3): ROCK on the demo's set from the source checkpoint through
-   `init_from` + `init_exclude` (`configs/synthetic_finetune.py`), per seed; compared
+   `init_from` + `init_exclude` (`synthetic_finetune`), per seed; compared
    with `table1`'s ROCK runs, which are the same runs from the §1 backbone alone.
 6. `diagnose`: `rock_jax.tools.diagnose` on seed 0 of every variant and of the
    fine-tuning (decoder output scale against conv5 and per-task gradient norms into the
@@ -26,7 +26,7 @@ per-seed differences with the number of seeds agreeing in sign, the paper's rows
 diagnosis tables, commands, wall times and the results files.
 
 Protocol (fixed before any test number, issue #11): every run is the demo's model and
-data (`configs/synthetic.py`: narrow ResNet-18 at output stride 16, ROCK block, SSD;
+data (`synthetic`: narrow ResNet-18 at output stride 16, ROCK block, SSD;
 2500 training images seen at 144x192), batch 16, `STEPS` steps, Adam at a constant rate
 then one 10x decay at `DECAY_FRACTIONS` of the steps (the paper's 30k of 40k, and 240k
 of 320k for MLT), the §1 backbone with frozen BatchNorm statistics.
@@ -34,11 +34,16 @@ of 320k for MLT), the §1 backbone with frozen BatchNorm statistics.
 `--smoke` runs the same parts on the smoke configs (tiny renders, a few steps) for CI;
 it refuses to write the repository's RESULTS.md.
 
+Every run is `python -m rock_jax.main` (or a tool) in a subprocess, with its config given
+by the short name of the packaged file (`rock_jax.configs.resolve`), so the study runs
+from any directory and after a wheel install; every location is a flag (relative ones
+are relative to the current directory).
+
 Flags: `--root`, `--out`, `--seeds`, `--variants`, `--smoke`, `--data_dir` and `--nice`
-are the flags `rock_jax.tools.study` defines (this module imports its helpers), with
-this driver's defaults when not given; study's `--steps` and `--set` are ignored here
-(the budget is part of the protocol). Own flags: `--backbone`, `--parts`, `--lrs`,
-`--processes`.
+mean what they mean for `rock_jax.tools.study` (`study.define_common_flags`), with this
+driver's defaults; study's `--steps` and `--set` do not exist here (the budget is part of
+the protocol). Own flags: `--backbone`, `--parts`, `--lrs`, `--processes`. Importing
+this module defines no flags (`define_flags` does, when it runs as a script).
 """
 
 from __future__ import annotations
@@ -58,7 +63,6 @@ from absl import app, flags
 from rock_jax import cli
 from rock_jax.tools import study
 
-REPO = study.REPO
 PARTS = ('backbone', 'lr', 'table1', 'source', 'finetune', 'diagnose')
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock', 'rock_no_aux')
 LOSS_PARTS = ('cls', 'loc', 'scene', 'depth', 'normals')  # Columns of the diagnosis tables.
@@ -79,9 +83,10 @@ PAPER = {  # NYUv2 val (Tables 1 and 5), AP in %: mAP@0.5, mAP@0.75, mAP@[0.5:0.
 PAPER_TABLE3 = {'rock': 39.8, 'finetune': 46.8}  # NYUv2 test mAP@0.5: ROCK (DNS), (DNS+MLT).
 
 # ---------------------------------------------------------------- the protocol
-TARGET_CONFIG = 'configs/synthetic.py'
-SOURCE_CONFIG = 'configs/synthetic_source.py'
-FINETUNE_CONFIG = 'configs/synthetic_finetune.py'
+# The packaged configs by short name (`rock_jax.configs.resolve`), `:smoke` appended.
+TARGET_CONFIG = 'synthetic'
+SOURCE_CONFIG = 'synthetic_source'
+FINETUNE_CONFIG = 'synthetic_finetune'
 STEPS = 500  # Per target run (demo: 1600 from scratch); sized for ~2.5 h on 2 cores.
 SOURCE_STEPS = 1000  # Source pretraining (5000 source images, about 3 epochs).
 DECAY_FRACTIONS = (0.75,)  # Paper: 5e-5 for 30k of 40k steps, then 5e-6.
@@ -91,17 +96,31 @@ SMOKE_STEPS = 4
 SELECTION = 'lr_selection.json'
 PAIRS = (('rock', 'flat_mtl'), ('rock', 'baseline'), ('rock', 'rock_no_aux'))
 
-# `rock_jax.tools.study` (imported above) already defines --root, --out, --seeds,
-# --variants, --smoke, --data_dir and --nice with the same meaning; they are shared here,
-# with this driver's defaults where they differ (see `_flag`).
 FLAGS = flags.FLAGS
 DEFAULT_ROOT = 'workdir/study11'
-_BACKBONE = flags.DEFINE_string(
-  'backbone', None, 'The §1 workdir (default ROOT/backbone); its `backbone/` is used.'
-)
-_PARTS = flags.DEFINE_list('parts', list(PARTS), f'Parts to run, of {PARTS}.')
-_LRS = flags.DEFINE_list('lrs', None, 'Learning-rate grid (default LR_GRID).')
-_PROCESSES = flags.DEFINE_integer('processes', 2, 'Render processes of the §1 crops.')
+REPORT = 'REPORT.md'  # The default report, in ROOT.
+
+
+def define_flags() -> None:
+  """Defines this script's flags (only when it runs: importing the module defines none).
+
+  --root, --out, --seeds, --variants, --smoke, --data_dir and --nice are
+  `rock_jax.tools.study`'s, with this driver's defaults.
+  """
+  study.define_common_flags(
+    root=DEFAULT_ROOT,
+    seeds=SEEDS,
+    variants=VARIANTS,
+    variants_help=f'Variants of the §2 table, of {VARIANTS}.',
+    report=REPORT,
+  )
+  flags.adopt_module_key_flags(study)  # Listed by --helpshort like this module's own.
+  flags.DEFINE_string(
+    'backbone', None, 'The §1 workdir (default ROOT/backbone); its `backbone/` is used.'
+  )
+  flags.DEFINE_list('parts', list(PARTS), f'Parts to run, of {PARTS}.')
+  flags.DEFINE_list('lrs', None, 'Learning-rate grid (default LR_GRID).')
+  flags.DEFINE_integer('processes', 2, 'Render processes of the §1 crops.')
 
 
 @dataclasses.dataclass
@@ -214,7 +233,7 @@ def finetune_run(root: str, source: str, seed: int, lr: float, steps: int, smoke
 def _subprocess(args: list[str], nice: int) -> float:
   prefix = ['nice', '-n', str(nice)] if nice else []
   start = time.time()
-  done = subprocess.run([*prefix, sys.executable, *args], cwd=REPO, check=False)
+  done = subprocess.run([*prefix, sys.executable, *args], check=False)
   if done.returncode != 0:
     raise SystemExit(f'Failed ({done.returncode}): {shlex.join(["python", *args])}')
   return time.time() - start
@@ -371,6 +390,25 @@ def write_report(path: str, report: Mapping[str, Any]) -> str:
     'Written by `rock_jax/tools/pretrained_study.py`; every number comes from a '
     '`results.json` or `diagnosis.json` listed at the end.',
     '',
+    *_protocol_lines(report),
+  ]
+  if 'table1' in report:
+    lines += _table1_lines(report['table1'])
+  if 'finetune' in report and 'rock' in report.get('table1', {}):
+    lines += _handoff_lines(report)
+  if report.get('diagnoses'):
+    lines += ['', '## Diagnosis measurements (seed 0)', '', *_diagnosis_tables(report['diagnoses'])]
+  lines += ['', '## Reproduce', '', '```bash', report['command'], '```', '', '## Results files', '']
+  lines += [f'- {name}: `{p}`' for name, p in report['files']]
+  text = '\n'.join(lines) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+  return text
+
+
+def _protocol_lines(report: Mapping[str, Any]) -> list[str]:
+  """The protocol section: configs, budget, schedule, seeds, backbone, rate, wall times."""
+  lines = [
     '## Protocol',
     '',
     f'- Target runs: `{report["target_config"]}`, {report["steps"]} steps x batch '
@@ -392,67 +430,61 @@ def write_report(path: str, report: Mapping[str, Any]) -> str:
       + ', '.join(f'{k} {v / 60:.1f} min' for k, v in report['wall'].items())
       + '.'
     )
-  if 'table1' in report:
-    runs = report['table1']
-    lines += [
-      '',
-      '## §2: Table 1 and Table 5 analog (synthetic test split, AP in %)',
-      '',
-      *_metrics_table([(VARIANT_NAMES[v], runs[v]) for v in runs]),
-      '',
-      'Paired per-seed differences of mAP@0.5 (a - b, points):',
-      '',
-      '| a - b | mean ± std [min, max] | per seed | seeds agreeing in sign |',
-      '|:---|---:|---|---|',
-    ]
-    for a, b in PAIRS:
-      if a in runs and b in runs:
-        label = f'{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}'
-        lines.append(_paired_line(label, paired(runs[a], runs[b])))
-    lines += [
-      '',
-      'Paper (NYUv2 val, Tables 1 and 5): '
-      + '; '.join(
-        f'{VARIANT_NAMES[v]} {PAPER[v][0]:.1f} / {PAPER[v][1]:.1f} / {PAPER[v][2]:.1f}'
-        for v in runs
-        if v in PAPER
-      )
-      + ' (mAP@0.5 / @0.75 / @[0.5:0.95]).',
-    ]
-  if 'finetune' in report and 'rock' in report.get('table1', {}):
-    ft, base = report['finetune'], report['table1']['rock']
-    lines += [
-      '',
-      '## §3: Table 3 analog (source pretraining -> fine-tuning, synthetic test split)',
-      '',
-      *_metrics_table([('ROCK from the §1 backbone alone', base), ('ROCK source -> target', ft)]),
-      '',
-      '| a - b | mean ± std [min, max] | per seed | seeds agreeing in sign |',
-      '|:---|---:|---|---|',
-      _paired_line('source -> target - no source', paired(ft, base)),
-      '',
-      f'Paper (NYUv2 test, Table 3): ROCK (DNS) {PAPER_TABLE3["rock"]:.1f}, ROCK (DNS+MLT) '
-      f'{PAPER_TABLE3["finetune"]:.1f} mAP@0.5 (+7.0).',
-    ]
-    if report.get('source_results'):
-      s = report['source_results']
-      lines.append(
-        f'Source run on its own validation split: mAP@0.5 {100 * s.get("mAP@0.5", 0):.1f}, '
-        f'depth RMSE {s.get("depth_rmse", float("nan")):.3f} m.'
-      )
-  if report.get('diagnoses'):
-    lines += ['', '## Diagnosis measurements (seed 0)', '', *_diagnosis_tables(report['diagnoses'])]
-  lines += ['', '## Reproduce', '', '```bash', report['command'], '```', '', '## Results files', '']
-  lines += [f'- {name}: `{p}`' for name, p in report['files']]
-  text = '\n'.join(lines) + '\n'
-  with open(path, 'w') as f:
-    f.write(text)
-  return text
+  return lines
 
 
-def _flag(name: str, default: Any) -> Any:
-  """A shared flag's value when given on the command line, else this driver's default."""
-  return FLAGS[name].value if FLAGS[name].present else default
+def _table1_lines(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+  """§2: the metrics table, the paired per-seed differences and the paper's rows."""
+  lines = [
+    '',
+    '## §2: Table 1 and Table 5 analog (synthetic test split, AP in %)',
+    '',
+    *_metrics_table([(VARIANT_NAMES[v], runs[v]) for v in runs]),
+    '',
+    'Paired per-seed differences of mAP@0.5 (a - b, points):',
+    '',
+    '| a - b | mean ± std [min, max] | per seed | seeds agreeing in sign |',
+    '|:---|---:|---|---|',
+  ]
+  for a, b in PAIRS:
+    if a in runs and b in runs:
+      label = f'{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}'
+      lines.append(_paired_line(label, paired(runs[a], runs[b])))
+  paper = '; '.join(
+    f'{VARIANT_NAMES[v]} {PAPER[v][0]:.1f} / {PAPER[v][1]:.1f} / {PAPER[v][2]:.1f}'
+    for v in runs
+    if v in PAPER
+  )
+  lines += [
+    '',
+    f'Paper (NYUv2 val, Tables 1 and 5): {paper} (mAP@0.5 / @0.75 / @[0.5:0.95]).',
+  ]
+  return lines
+
+
+def _handoff_lines(report: Mapping[str, Any]) -> list[str]:
+  """§3: fine-tuning from the source run against ROCK from the §1 backbone alone."""
+  ft, base = report['finetune'], report['table1']['rock']
+  lines = [
+    '',
+    '## §3: Table 3 analog (source pretraining -> fine-tuning, synthetic test split)',
+    '',
+    *_metrics_table([('ROCK from the §1 backbone alone', base), ('ROCK source -> target', ft)]),
+    '',
+    '| a - b | mean ± std [min, max] | per seed | seeds agreeing in sign |',
+    '|:---|---:|---|---|',
+    _paired_line('source -> target - no source', paired(ft, base)),
+    '',
+    f'Paper (NYUv2 test, Table 3): ROCK (DNS) {PAPER_TABLE3["rock"]:.1f}, ROCK (DNS+MLT) '
+    f'{PAPER_TABLE3["finetune"]:.1f} mAP@0.5 (+7.0).',
+  ]
+  if report.get('source_results'):
+    s = report['source_results']
+    lines.append(
+      f'Source run on its own validation split: mAP@0.5 {100 * s.get("mAP@0.5", 0):.1f}, '
+      f'depth RMSE {s.get("depth_rmse", float("nan")):.3f} m.'
+    )
+  return lines
 
 
 def main(argv: Sequence[str]) -> None:
@@ -460,19 +492,19 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   smoke = FLAGS.smoke
-  root = _flag('root', DEFAULT_ROOT)
-  out = _flag('out', None) or os.path.join(root, 'REPORT.md')
-  if smoke and os.path.abspath(out) == os.path.join(REPO, 'RESULTS.md'):
+  root = FLAGS.root
+  out = FLAGS.out or os.path.join(root, REPORT)
+  if smoke and study.is_committed_results(out):
     raise app.UsageError('A smoke study must not write the repository RESULTS.md.')
-  parts = list(_PARTS.value)
+  parts = list(FLAGS.parts)
   unknown = [p for p in parts if p not in PARTS]
   if unknown:
     raise app.UsageError(f'Unknown parts {unknown}; choose from {PARTS}.')
-  variants = list(_flag('variants', VARIANTS))
+  variants = list(FLAGS.variants)
   if [v for v in variants if v not in VARIANTS]:
     raise app.UsageError(f'Variants must be among {VARIANTS}.')
-  seeds = [int(s) for s in _flag('seeds', SEEDS)]
-  lrs = [float(x) for x in (_LRS.value or LR_GRID)]
+  seeds = [int(s) for s in FLAGS.seeds]
+  lrs = [float(x) for x in (FLAGS.lrs or LR_GRID)]
   steps = SMOKE_STEPS if smoke else STEPS
   source_steps = SMOKE_STEPS if smoke else SOURCE_STEPS
   data_dir, nice = FLAGS.data_dir, FLAGS.nice
@@ -485,7 +517,7 @@ def main(argv: Sequence[str]) -> None:
       wall[key] = wall.get(key, 0.0) + seconds
 
   # §1: the backbone.
-  backbone_workdir = _BACKBONE.value or os.path.join(root, 'backbone')
+  backbone_workdir = FLAGS.backbone or os.path.join(root, 'backbone')
   backbone = os.path.join(backbone_workdir, 'backbone')
   metrics_path = os.path.join(backbone_workdir, 'metrics.json')
   if 'backbone' in parts and not os.path.exists(metrics_path):
@@ -494,7 +526,7 @@ def main(argv: Sequence[str]) -> None:
       'rock_jax.tools.pretrain_backbone',
       f'--config={TARGET_CONFIG}{suffix(smoke)}',
       f'--workdir={backbone_workdir}',
-      f'--processes={_PROCESSES.value}',
+      f'--processes={FLAGS.processes}',
     ] + (['--smoke'] if smoke else [])
     print(f'backbone: pretraining in {backbone_workdir}', flush=True)
     timed('backbone', _subprocess(args, nice))
@@ -626,8 +658,8 @@ def main(argv: Sequence[str]) -> None:
   report['diagnoses'] = diagnoses
 
   flags_used = [f'--root={root}', f'--out={out}']
-  if _BACKBONE.value:
-    flags_used.append(f'--backbone={_BACKBONE.value}')
+  if FLAGS.backbone:
+    flags_used.append(f'--backbone={FLAGS.backbone}')
   if data_dir:
     flags_used.append(f'--data_dir={data_dir}')
   if smoke:
@@ -636,12 +668,18 @@ def main(argv: Sequence[str]) -> None:
     flags_used.append(f'--seeds={",".join(map(str, seeds))}')
   if FLAGS['variants'].present:
     flags_used.append(f'--variants={",".join(variants)}')
-  if _LRS.value:
+  if FLAGS.lrs:
     flags_used.append(f'--lrs={",".join(f"{x:g}" for x in lrs)}')
   report['command'] = shlex.join(['python', '-m', 'rock_jax.tools.pretrained_study', *flags_used])
   write_report(out, report)
   print(f'Wrote {out}', flush=True)
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

@@ -26,9 +26,7 @@ from rock_jax import boxes as box_lib
 from rock_jax import cli
 from rock_jax.configs.base import get_base_config
 
-_NUM_BOXES = flags.DEFINE_integer('num_boxes', 20_000, 'Synthetic ground-truth boxes.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Random seed.')
-
+FLAGS = flags.FLAGS
 IMAGE_SIZE = (480, 640)
 
 
@@ -57,7 +55,7 @@ def main(argv: Sequence[str]) -> None:
   del argv
   config = get_base_config()
   default_boxes = box_lib.default_boxes(config.model, IMAGE_SIZE)
-  gt = sample_nyuv2_like_boxes(_NUM_BOXES.value, np.random.default_rng(_SEED.value))
+  gt = sample_nyuv2_like_boxes(FLAGS.num_boxes, np.random.default_rng(FLAGS.seed))
   ious = best_iou(gt, default_boxes)
   pixel_area = (gt[:, 2] - gt[:, 0]) * (gt[:, 3] - gt[:, 1]) * IMAGE_SIZE[0] * IMAGE_SIZE[1]
   print(f'Paper config: {default_boxes.shape[0]} default boxes at {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}.')
@@ -79,5 +77,12 @@ def main(argv: Sequence[str]) -> None:
       )
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  flags.DEFINE_integer('num_boxes', 20_000, 'Synthetic ground-truth boxes.')
+  flags.DEFINE_integer('seed', 0, 'Random seed.')
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()

@@ -5,15 +5,18 @@
       [--root=workdir/study] [--smoke] [--data_dir=DIR] [--set=model.dtype=float32 ...]
 
 Every run is the real trainer in its own process,
-`python -m rock_jax.main --config=configs/synthetic.py --config.model.variant=V
---config.seed=S --config.train.num_steps=N --workdir=ROOT/stepsN/V/seedS`, with the
+`python -m rock_jax.main --config=synthetic --config.model.variant=V --config.seed=S
+--config.train.num_steps=N --workdir=ROOT/stepsN/V/seedS` (the packaged config by its
+short name, so the study runs from any directory and after a wheel install), with the
 same step budget (and so the same number of training images) for every variant. The
 learning-rate boundaries of the config scale with the budget (a boundary at 80 % of
 the config's steps stays at 80 %). Only the final validation evaluation runs, then the
 test split once on that final checkpoint (the trainer's `results.json`). The study then
 reads each `DIR/results.json` and writes a markdown report (default `ROOT/RESULTS.md`;
-the committed `RESULTS.md` only with `--out=RESULTS.md`, and never with `--smoke`): mean, standard deviation and min-max over seeds per
-metric, per-class AP@0.5, the exact commands, and the paper's Table 1 beside it.
+the committed `RESULTS.md` only with `--out=RESULTS.md`, and never with `--smoke`): mean,
+standard deviation and min-max over seeds per metric, per-class AP@0.5, the exact
+commands, and the paper's Table 1 beside it. Every location (`--root`, `--out`,
+`--data_dir`) is a flag; relative ones are relative to the current directory.
 A figure of the learning curves of the first seed of every variant
 (`rock_jax.tools.plot`, from the runs' `metrics.jsonl`) goes beside the report
 (`RESULTS_curves.png` for `--out=RESULTS.md`).
@@ -26,7 +29,10 @@ fixed-weight ROCK.
 A run whose workdir already holds a `results.json` of the requested step is reused,
 so an interrupted study resumes where it stopped (the trainer itself resumes an
 interrupted run from its last checkpoint). `--smoke` uses
-`configs/synthetic.py:smoke` (tiny images, a few steps): CI runs it that way.
+`synthetic:smoke` (tiny images, a few steps): CI runs it that way.
+
+Importing this module defines no flags: `define_flags` does, when it runs as a script
+(`rock_jax.tools.pretrained_study` shares `define_common_flags`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,6 @@ from rock_jax import cli, weighting
 from rock_jax.configs import synthetic
 from rock_jax.tools import plot
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VARIANTS = ('baseline', 'flat_mtl', 'rock_no_fusion', 'rock')
 VARIANT_NAMES = {
   'baseline': 'Detection baseline',
@@ -73,6 +78,8 @@ METRICS = (
   ('normals_mean_angle', 'normals error (deg)', 1.0, 1, True),
 )
 RUN_INFO = 'study_run.json'  # Per-run sidecar: command and wall time.
+COMMITTED_RESULTS = 'RESULTS.md'  # The name of a project's committed results table.
+FLAGS = flags.FLAGS
 
 
 def split_row(row: str) -> tuple[str, str | None]:
@@ -92,24 +99,45 @@ def row_name(row: str) -> str:
   return f'{name} ({method} weighting)' if method else name
 
 
-_STEPS = flags.DEFINE_integer('steps', None, 'Train steps per run (default: the config).')
-_SEEDS = flags.DEFINE_list('seeds', ['0', '1', '2'], 'Seeds (config.seed) per variant.')
-_VARIANTS = flags.DEFINE_list(
-  'variants', list(VARIANTS), 'Rows in table order: VARIANT or VARIANT+WEIGHTING (rock+dwa).'
-)
-_OUT = flags.DEFINE_string(
-  'out',
-  None,
-  'The markdown report (default: ROOT/RESULTS.md). The committed RESULTS.md is written only '
-  'when named here, and never with --smoke.',
-)
-_ROOT = flags.DEFINE_string('root', 'workdir/study', 'Parent directory of the run workdirs.')
-_SMOKE = flags.DEFINE_bool('smoke', False, 'Use configs/synthetic.py:smoke (CI).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the TFDS one).')
-_SET = flags.DEFINE_multi_string(
-  'set', [], 'Extra config override FIELD=VALUE for every run (`--config.` is prepended).'
-)
-_NICE = flags.DEFINE_integer('nice', 0, 'Run the trainings under `nice -n NICE` (0: no).')
+def define_common_flags(
+  *, root: str, seeds: Sequence[int], variants: Sequence[str], variants_help: str, report: str
+) -> None:
+  """Defines the flags both study drivers take (this one and `pretrained_study`).
+
+  Args:
+    root: the default of `--root`.
+    seeds: the default of `--seeds`.
+    variants: the default of `--variants`.
+    variants_help: the help of `--variants`.
+    report: the default report's name in ROOT (the help of `--out`).
+  """
+  flags.DEFINE_string('root', root, 'Parent directory of the run workdirs.')
+  flags.DEFINE_string(
+    'out',
+    None,
+    f'The markdown report (default: ROOT/{report}). The committed RESULTS.md is written only '
+    'when named here, and never with --smoke.',
+  )
+  flags.DEFINE_list('seeds', [str(s) for s in seeds], 'Seeds (config.seed) per variant.')
+  flags.DEFINE_list('variants', list(variants), variants_help)
+  flags.DEFINE_bool('smoke', False, 'Use the smoke configs (synthetic:smoke, ...; CI).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data_dir (default: the TFDS one).')
+  flags.DEFINE_integer('nice', 0, 'Run the trainings under `nice -n NICE` (0: no).')
+
+
+def define_flags() -> None:
+  """Defines this script's flags (only when it runs: importing the module defines none)."""
+  define_common_flags(
+    root='workdir/study',
+    seeds=(0, 1, 2),
+    variants=VARIANTS,
+    variants_help='Rows in table order: VARIANT or VARIANT+WEIGHTING (rock+dwa).',
+    report=COMMITTED_RESULTS,
+  )
+  flags.DEFINE_integer('steps', None, 'Train steps per run (default: the config).')
+  flags.DEFINE_multi_string(
+    'set', [], 'Extra config override FIELD=VALUE for every run (`--config.` is prepended).'
+  )
 
 
 def config_arg(smoke: bool) -> str:
@@ -119,16 +147,33 @@ def config_arg(smoke: bool) -> str:
   return 'synthetic:smoke' if smoke else 'synthetic'
 
 
+def is_committed_results(path: str) -> bool:
+  """Whether `path` is a project's committed results table.
+
+  That is a `RESULTS.md` in the current directory or beside a `pyproject.toml` (the root
+  of a checkout), wherever the package itself is installed.
+  """
+  for candidate in {os.path.abspath(path), os.path.realpath(path)}:
+    folder, name = os.path.split(candidate)
+    if name != COMMITTED_RESULTS:
+      continue
+    if folder == os.path.realpath(os.getcwd()) or folder == os.path.abspath(os.getcwd()):
+      return True
+    if os.path.exists(os.path.join(folder, 'pyproject.toml')):
+      return True
+  return False
+
+
 def report_path(out: str | None, root: str, smoke: bool) -> str:
   """Where the report goes: `out`, else `root/RESULTS.md`.
 
   Raises:
-    app.UsageError: a smoke study aimed at the committed `RESULTS.md` (of the checkout
-      or of the current directory): smoke numbers must never replace the real table.
+    app.UsageError: a smoke study aimed at the committed `RESULTS.md` (of a checkout or
+      of the current directory, `is_committed_results`): smoke numbers must never
+      replace the real table.
   """
-  path = out or os.path.join(root, 'RESULTS.md')
-  committed = {os.path.realpath(os.path.join(d, 'RESULTS.md')) for d in (REPO, os.getcwd())}
-  if smoke and os.path.realpath(path) in committed:
+  path = out or os.path.join(root, COMMITTED_RESULTS)
+  if smoke and is_committed_results(path):
     raise app.UsageError(f'--smoke never writes {path} (the committed results): pass --out=FILE.')
   return path
 
@@ -339,6 +384,41 @@ def write_report(
   Returns:
     The markdown text.
   """
+  lines = [
+    *protocol_lines(
+      variants,
+      runs,
+      wall,
+      steps=steps,
+      config_steps=config_steps,
+      batch_size=batch_size,
+      image_size=image_size,
+      seeds=seeds,
+    ),
+    '',
+    *results_lines(variants, runs),
+    *figure_lines(figure),
+    *reproduce_lines(study_command, full_command, example_command, config_steps),
+    *results_files_lines(variants, seeds, workdirs),
+  ]
+  text = '\n'.join(lines) + '\n'
+  with open(path, 'w') as f:
+    f.write(text)
+  return text
+
+
+def protocol_lines(
+  variants: Sequence[str],
+  runs: Mapping[str, Sequence[Mapping[str, Any]]],
+  wall: Mapping[str, Sequence[float | None]],
+  *,
+  steps: int,
+  config_steps: int,
+  batch_size: int,
+  image_size: Sequence[int],
+  seeds: Sequence[int],
+) -> list[str]:
+  """The report's title and protocol: evaluation split, budget, seeds, spread, wall time."""
   split = next((r.get('split') for v in variants for r in runs[v]), '?')
   images = next((r.get('num_images') for v in variants for r in runs[v]), '?')
   times = [t for v in variants for t in wall[v] if t is not None]
@@ -376,14 +456,22 @@ def write_report(
         f'{per_run * len(variants) * len(seeds) / 3600:.1f} h here '
         f'({per_run / 60:.0f} min per run, scaled from these runs).'
       )
-  lines += [
-    '',
+  return lines
+
+
+def results_lines(
+  variants: Sequence[str], runs: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[str]:
+  """The results table and ordering, the paper's Table 1 beside it, AP@0.5 per class."""
+  paper_variants = [v for v in variants if v in PAPER_TABLE1]
+  paper_runs = {v: [{'mAP@0.5': PAPER_TABLE1[v][0]}] for v in paper_variants}
+  return [
     '## Results (synthetic rooms, AP in %)',
     '',
     metrics_table(variants, runs),
     '',
     f'Ordering by mean mAP@0.5 here: {ordering(variants, runs)}. Paper Table 1: '
-    f'{ordering([v for v in variants if v in PAPER_TABLE1], {v: [{"mAP@0.5": PAPER_TABLE1[v][0]}] for v in variants if v in PAPER_TABLE1})}.',
+    f'{ordering(paper_variants, paper_runs)}.',
     '',
     'Depth RMSE, relative error and normals angle: lower is better; scene accuracy and AP: '
     'higher is better. The detection baseline has no auxiliary outputs (n/a).',
@@ -401,17 +489,28 @@ def write_report(
     per_class_table(variants, runs),
     '',
   ]
-  if figure:
-    lines += [
-      '## Learning curves (first seed of each variant)',
-      '',
-      'Training loss and its parts (solid), validation loss and metrics at each evaluation '
-      "(dashed), from each run's `metrics.jsonl`; drawn by `python -m rock_jax.tools.plot`.",
-      '',
-      f'![Learning curves]({figure})',
-      '',
-    ]
-  lines += [
+
+
+def figure_lines(figure: str | None) -> list[str]:
+  """The learning-curves section (none without a figure)."""
+  if not figure:
+    return []
+  return [
+    '## Learning curves (first seed of each variant)',
+    '',
+    'Training loss and its parts (solid), validation loss and metrics at each evaluation '
+    "(dashed), from each run's `metrics.jsonl`; drawn by `python -m rock_jax.tools.plot`.",
+    '',
+    f'![Learning curves]({figure})',
+    '',
+  ]
+
+
+def reproduce_lines(
+  study_command: str, full_command: str, example_command: str, config_steps: int
+) -> list[str]:
+  """The commands of this report, of the full-budget study and of one run."""
+  return [
     '## Reproduce',
     '',
     'This report:',
@@ -432,39 +531,41 @@ def write_report(
     example_command,
     '```',
     '',
-    '## Results files',
-    '',
   ]
+
+
+def results_files_lines(
+  variants: Sequence[str], seeds: Sequence[int], workdirs: Mapping[str, Sequence[str]]
+) -> list[str]:
+  """The `results.json` of every run the report reads."""
+  lines = ['## Results files', '']
   for variant in variants:
     for seed, workdir in zip(seeds, workdirs[variant], strict=True):
       lines.append(f'- {variant}, seed {seed}: `{os.path.join(workdir, "results.json")}`')
-  text = '\n'.join(lines) + '\n'
-  with open(path, 'w') as f:
-    f.write(text)
-  return text
+  return lines
 
 
 def main(argv: Sequence[str]) -> None:
   """Runs the missing trainings, then writes the report."""
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  smoke = _SMOKE.value
-  out = report_path(_OUT.value, _ROOT.value, smoke)
+  smoke = FLAGS.smoke
+  out = report_path(FLAGS.out, FLAGS.root, smoke)
   config = synthetic.get_config('smoke' if smoke else None)
   config_steps = int(config.train.num_steps)
-  steps = int(_STEPS.value or config_steps)
+  steps = int(FLAGS.steps or config_steps)
   boundaries = scaled_boundaries(config.train.lr_boundaries, config_steps, steps)
-  bad = [s for s in _SEEDS.value if not s.strip().lstrip('-').isdigit()]
+  bad = [s for s in FLAGS.seeds if not s.strip().lstrip('-').isdigit()]
   if bad:
     raise cli.UserError(f'--seeds: {bad[0]!r} is not an integer')
-  seeds = [int(s) for s in _SEEDS.value]
-  variants = list(_VARIANTS.value)
+  seeds = [int(s) for s in FLAGS.seeds]
+  variants = list(FLAGS.variants)
   for row in variants:
     try:
       split_row(row)
     except ValueError as e:
       raise cli.UserError(f'--variants: {e}') from None
-  nice = ['nice', '-n', str(_NICE.value)] if _NICE.value else []
+  nice = ['nice', '-n', str(FLAGS.nice)] if FLAGS.nice else []
 
   runs: dict[str, list[dict]] = {v: [] for v in variants}
   example_command = ''
@@ -472,7 +573,7 @@ def main(argv: Sequence[str]) -> None:
   wall: dict[str, list[float | None]] = {v: [] for v in variants}
   total = len(variants) * len(seeds)
   for index, (seed, variant) in enumerate((s, v) for s in seeds for v in variants):
-    workdir = run_workdir(_ROOT.value, steps, variant, seed)
+    workdir = run_workdir(FLAGS.root, steps, variant, seed)
     args = run_command(
       smoke=smoke,
       variant=variant,
@@ -480,8 +581,8 @@ def main(argv: Sequence[str]) -> None:
       steps=steps,
       boundaries=boundaries,
       workdir=workdir,
-      data_dir=_DATA_DIR.value,
-      overrides=_SET.value,
+      data_dir=FLAGS.data_dir,
+      overrides=FLAGS.set,
     )
     example_command = shlex.join(['python', *args])
     results = read_results(workdir, steps)
@@ -515,12 +616,12 @@ def main(argv: Sequence[str]) -> None:
 
   flags_used = [f'--steps={steps}', f'--seeds={",".join(map(str, seeds))}']
   flags_used.append(f'--variants={",".join(variants)}')
-  flags_used += [f'--root={_ROOT.value}', f'--out={out}']
+  flags_used += [f'--root={FLAGS.root}', f'--out={out}']
   if smoke:
     flags_used.append('--smoke')
-  if _DATA_DIR.value:
-    flags_used.append(f'--data_dir={_DATA_DIR.value}')
-  flags_used += [f'--set={s}' for s in _SET.value]
+  if FLAGS.data_dir:
+    flags_used.append(f'--data_dir={FLAGS.data_dir}')
+  flags_used += [f'--set={s}' for s in FLAGS.set]
   study_command = shlex.join(['python', '-m', 'rock_jax.tools.study', *flags_used])
   full_command = shlex.join(
     ['python', '-m', 'rock_jax.tools.study', f'--steps={config_steps}', '--seeds=0,1,2']
@@ -564,5 +665,11 @@ def write_figure(
   return os.path.basename(path)
 
 
-if __name__ == '__main__':
+def _cli() -> None:
+  """Defines the flags and runs; flags live here so importing this module defines none."""
+  define_flags()
   cli.run(main)
+
+
+if __name__ == '__main__':
+  _cli()
