@@ -23,20 +23,20 @@ VARIANTS = ('baseline', 'rock')
 SMOKE_STEPS = 4
 
 
-def test_summarize():
-  stats = study.summarize([0.1, None, 0.3, 0.2])
+def test_seed_statistics():
+  stats = study.seed_statistics([0.1, None, 0.3, 0.2])
   assert stats['n'] == 3
   assert stats['mean'] == pytest.approx(0.2)
   assert stats['std'] == pytest.approx(0.1)  # Sample standard deviation.
   assert (stats['min'], stats['max']) == (0.1, 0.3)
-  assert study.summarize([None, None]) is None
-  assert study.summarize([0.5])['std'] == 0.0
+  assert study.seed_statistics([None, None]) is None
+  assert study.seed_statistics([0.5])['std'] == 0.0
 
 
 def test_format_cell():
-  stats = study.summarize([0.25, 0.35])
+  stats = study.seed_statistics([0.25, 0.35])
   assert study.format_cell(stats, 100.0, 1) == '30.0 ± 7.1 [25.0, 35.0]'
-  assert study.format_cell(study.summarize([1.23456]), 1.0, 3) == '1.235'
+  assert study.format_cell(study.seed_statistics([1.23456]), 1.0, 3) == '1.235'
   assert study.format_cell(None, 100.0, 1) == 'n/a'
 
 

@@ -285,7 +285,7 @@ def paired(
   diffs = [x[key] - y[key] for x, y in zip(a, b, strict=True) if key in x and key in y]
   if not diffs:
     return None
-  stats = study.summarize(diffs)
+  stats = study.seed_statistics(diffs)
   positive = sum(d > 0 for d in diffs)
   negative = sum(d < 0 for d in diffs)
   return {'diffs': diffs, 'stats': stats, 'positive': positive, 'negative': negative}
@@ -311,7 +311,7 @@ def _metrics_table(rows: Sequence[tuple[str, Sequence[Mapping[str, Any]]]]) -> l
   lines = ['| ' + ' | '.join(headers) + ' |', '|' + '|'.join([':---'] + ['---:'] * 8) + '|']
   for label, results in rows:
     cells = [
-      study.format_cell(study.summarize([r.get(key) for r in results]), scale, digits)
+      study.format_cell(study.seed_statistics([r.get(key) for r in results]), scale, digits)
       for key, _, scale, digits, _ in study.METRICS
     ]
     lines.append(f'| {label} | {len(results)} | ' + ' | '.join(cells) + ' |')

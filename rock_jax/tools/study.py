@@ -253,7 +253,7 @@ def read_results(workdir: str, steps: int) -> dict[str, Any] | None:
   return results if results.get('step') == steps else None
 
 
-def summarize(values: Sequence[float | None]) -> dict[str, float] | None:
+def seed_statistics(values: Sequence[float | None]) -> dict[str, float] | None:
   """Mean, sample standard deviation, min and max of the non-None values.
 
   Args:
@@ -299,7 +299,7 @@ def metrics_table(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping]]
   for variant in variants:
     results = runs[variant]
     cells = [
-      format_cell(summarize([r.get(key) for r in results]), scale, digits)
+      format_cell(seed_statistics([r.get(key) for r in results]), scale, digits)
       for key, _, scale, digits, _ in METRICS
     ]
     lines.append(f'| {row_name(variant)} | {len(results)} | ' + ' | '.join(cells) + ' |')
@@ -316,7 +316,7 @@ def per_class_table(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping
   for variant in variants:
     cells = []
     for key in ['mAP@0.5', *(f'AP@0.5/{c}' for c in names)]:
-      stats = summarize([r.get(key) for r in runs[variant]])
+      stats = seed_statistics([r.get(key) for r in runs[variant]])
       cells.append('-' if stats is None else f'{100 * stats["mean"]:.1f}')
     lines.append(f'| {row_name(variant)} | ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -326,7 +326,7 @@ def ordering(variants: Sequence[str], runs: Mapping[str, Sequence[Mapping]]) -> 
   """The variants by decreasing mean mAP@0.5, e.g. 'ROCK > Flat MTL baseline'."""
   means = {}
   for variant in variants:
-    stats = summarize([r.get('mAP@0.5') for r in runs.get(variant, ())])
+    stats = seed_statistics([r.get('mAP@0.5') for r in runs.get(variant, ())])
     if stats is not None:
       means[variant] = stats['mean']
   ranked = sorted(means, key=lambda v: -means[v])
