@@ -65,6 +65,7 @@ def test_markdown_table_compares_1x1_modes():
   assert ratios[1].rstrip(' |').endswith('x1.250 (+25.0 %)')
 
 
+@pytest.mark.slow
 def test_synthetic_batch_feeds_the_real_loss():
   config = nyuv2.get_config('smoke')
   batch = bench.synthetic_train_batch(config, 2)
@@ -84,6 +85,7 @@ def test_synthetic_batch_feeds_the_real_loss():
   assert all(float(v) > 0 for v in parts.values())
 
 
+@pytest.mark.slow
 def test_benchmark_smoke():
   config = nyuv2.get_config('smoke')
   base, rock = bench.benchmark(
@@ -98,6 +100,7 @@ def test_benchmark_smoke():
   assert 'n/a' in bench.markdown_table([base, rock], batch=1)
 
 
+@pytest.mark.slow
 def test_train_step_throughput():
   config = bench.variant_config(
     nyuv2.get_config('smoke'), 'rock', image_size=(32, 48), conv_1x1='dot'

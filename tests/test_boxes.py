@@ -118,6 +118,7 @@ def test_iou_symmetric_and_bounded(a, b):
   np.testing.assert_allclose(np.diag(boxes.iou(a, a)), 1.0, atol=1e-12)
 
 
+@pytest.mark.slow
 @_SETTINGS
 @hypothesis.given(
   _corners_strategy(),

@@ -141,6 +141,7 @@ def flat(tree):
   }
 
 
+@pytest.mark.slow
 def test_handoff_from_mlt_to_nyuv2(mlt_checkpoint, tmp_path_factory, caplog):
   mlt_dir, mlt_variables = mlt_checkpoint
   config = nyu_style_config(mlt_dir)
@@ -202,6 +203,7 @@ def test_checkpoint_leaf_unknown_to_the_model_is_an_error():
   np.testing.assert_array_equal(merged['params']['a'], 1.0)
 
 
+@pytest.mark.slow
 def test_resume_from_own_workdir_wins_over_init_from(tmp_path_factory):
   config = mlt_style_config()
   config.init_from = '/does/not/exist'  # Must not be read: the workdir resumes.

@@ -195,6 +195,7 @@ def test_nyuv2_official_has_no_validation_split():
   validate.check_config(config)
 
 
+@pytest.mark.slow
 def test_failed_start_leaves_no_litter(tmp_path, monkeypatch):
   """A failure before the first checkpoint removes the events file and empty folders."""
   from rock_jax import input_pipeline

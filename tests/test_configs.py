@@ -59,6 +59,7 @@ def test_the_expected_experiment_files_exist():
   assert expected <= {os.path.basename(p)[:-3] for p in CONFIG_FILES}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('spec', list(all_specs()))
 def test_config_loads_and_smoke_builds(spec):
   config = parse(spec)

@@ -23,6 +23,9 @@ from rock_jax import (
 )
 from rock_jax.models import detector
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 TASK_KINDS = {'scene': 'image_class', 'depth': 'dense_scalar', 'normals': 'dense_vector'}
 
 
@@ -294,7 +297,7 @@ def test_detect_takes_the_best_checkpoint_and_a_file_or_glob(tmp_path, image_dir
   save_smoke_checkpoint(workdir, steps=steps)
   save_smoke_checkpoint(tmp_path / 'plain')  # No validation metrics: the latest step.
   monkeypatch.chdir(tmp_path)  # Relative --checkpoint and --out.
-  assert (inference.load_model('run').step, detect.load_model('run').kind) == (2, 'best')
+  assert (inference.load_model('run').step, inference.load_model('run').kind) == (2, 'best')
   assert inference.load_model('run', latest=True).step == 5
   assert inference.load_model('run/checkpoints/4').kind == 'given'
   assert inference.load_model('plain').kind == 'latest'

@@ -20,6 +20,9 @@ from test_detect import save_smoke_checkpoint
 
 from rock_jax import detect, export, inference, serving
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -14,6 +14,9 @@ from rock_jax import checkpoints
 from rock_jax.models import resnet
 from rock_jax.tools import import_weights
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

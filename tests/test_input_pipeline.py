@@ -75,6 +75,7 @@ def test_train_batch_contract(data_dir):
   assert abs(batch['image'].mean()) < 2.5
 
 
+@pytest.mark.slow
 def test_train_is_deterministic_and_resumable(data_dir):
   config = _config(data_dir)
   make = lambda seed, start=0: input_pipeline.create_train_dataset(
@@ -111,6 +112,7 @@ def test_eval_sharding_and_padding(data_dir):
   assert sorted(seen) == [2_000_000 + i for i in range(4)]
 
 
+@pytest.mark.slow
 def test_eval_pads_uneven_hosts(data_dir):
   config = _config(data_dir)
   config.eval.batch_size = 6  # 3 per host, 2 real examples each: one padding example.
@@ -157,6 +159,7 @@ def test_train_fraction(data_dir):
   assert len({b['image'][j].tobytes() for b in batches for j in range(4)}) == 4
 
 
+@pytest.mark.slow
 def test_mixture_presence_flags(data_dir):
   config = _config(data_dir, mixture=(('synthetic_rooms_rgb', 'tiny', 1.0),))
   make = lambda start=0: input_pipeline.create_train_dataset(

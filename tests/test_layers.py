@@ -69,6 +69,7 @@ def _compare(make, x, *, rtol=1e-5, **kwargs):
   return variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'kwargs',
   [
@@ -112,6 +113,7 @@ def test_use_dot_modes():
     layers.use_dot('matmul')
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'layout,stride,in_width', [('v1.5', 1, 16), ('v1', 2, 8), ('v1.5', 2, 8), ('v1', 1, 16)]
 )
@@ -124,6 +126,7 @@ def test_bottleneck_block(layout, stride, in_width):
   _compare(make, x)
 
 
+@pytest.mark.slow
 def test_resnet_backbone():
   x = jax.random.normal(_key(1), (2, 32, 48, 3))
   make = lambda mode: resnet.ResNet(
@@ -132,6 +135,7 @@ def test_resnet_backbone():
   _compare(make, x, train=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extra', [False, True])
 def test_rock_block(extra):
   tasks = (
@@ -148,6 +152,7 @@ def test_rock_block(extra):
   _compare(flat, x, train=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('extras_bn', [True, False])
 def test_ssd_head(extras_bn):
   x = jax.random.normal(_key(1), (2, 5, 6, 16))
@@ -161,6 +166,7 @@ def test_ssd_head(extras_bn):
   _compare(make, x, train=True)
 
 
+@pytest.mark.slow
 def test_detector():
   # The ROCK variant holds every kind of 1x1 conv but the flat-MTL heads (tested above).
   config = base.smoke(base.get_base_config())

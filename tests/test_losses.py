@@ -204,6 +204,7 @@ def test_multi_loss_parts_total_and_missing_gradients():
     assert np.abs(g[present]).sum() > 0
 
 
+@pytest.mark.slow
 def test_multi_loss_all_missing_and_no_tasks():
   config = get_base_config()
   logits, cls_targets, box_preds, box_targets = _fixture(batch=4)

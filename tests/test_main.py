@@ -30,6 +30,9 @@ from tensorflow.core.util import event_pb2
 from configs import synthetic
 from rock_jax import checkpoints, coco, main, train
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 30
 # The console of the smoke run below (TFDS build, 3 progress lines, one evaluation, the

@@ -76,6 +76,7 @@ def test_streamed_build(streamed, manual):
   _check_examples(builder, examples, manual[1])
 
 
+@pytest.mark.slow
 def test_beam_build_matches_streamed(streamed, manual, tmp_path, monkeypatch):
   def no_streaming(*args, **kwargs):
     raise AssertionError('the Beam build must not stream in-process')

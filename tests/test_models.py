@@ -214,6 +214,7 @@ def test_v1_layout_strides_first_conv():
   assert 'bias' in variables['params']['stage1_block1']['conv1']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('freeze', [True, False])
 def test_freeze_bn_stats(freeze):
   config = _config('rock', tiny=True)
@@ -227,6 +228,7 @@ def test_freeze_bn_stats(freeze):
   assert all(jax.tree.leaves(changed['rock'])) and all(jax.tree.leaves(changed['ssd']))
 
 
+@pytest.mark.slow
 def test_frozen_bn_still_trains_scale_and_offset():
   model = resnet.ResNet(depth=18, width=4, stage_sizes=(1, 1, 1, 1), freeze_bn_stats=True)
   images = jax.random.normal(_key(1), (2, 32, 32, 3))
@@ -246,6 +248,7 @@ def test_frozen_bn_still_trains_scale_and_offset():
   assert float(jnp.abs(grads['stage4_block1']['bn2']['bias']).sum()) > 0
 
 
+@pytest.mark.slow
 def test_bn_momentum():
   config = _config('baseline', tiny=True)
   config.model.backbone.freeze_bn_stats = False
@@ -303,6 +306,7 @@ def _set_decoders(variables, tasks, scale, bias):
   return {'params': params, 'batch_stats': variables['batch_stats']}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('fusion', ['add', 'product'])
 def test_fusion(fusion):
   tasks = tasks_lib.parse(_config(tiny=True).model)
@@ -338,6 +342,7 @@ def test_rock_options():
   assert float(refined.min()) >= 0  # BN + ReLU after fusion.
 
 
+@pytest.mark.slow
 def test_no_fusion_and_flat_mtl_leave_conv5_unchanged():
   config = _config('baseline', tiny=True)
   _, base_vars, images = _init(config)
@@ -357,6 +362,7 @@ def test_no_fusion_and_flat_mtl_leave_conv5_unchanged():
 # ---------------------------------------------------------------- SSD / detector
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('variant', VARIANTS)
 def test_tiny_forward_train(variant):
   config = _config(variant, tiny=True)
@@ -373,6 +379,7 @@ def test_tiny_forward_train(variant):
     np.testing.assert_allclose(aux['scene'], aux['scene_map'].mean(axis=(1, 2)), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_class_bias_prior():
   config = _config('baseline', tiny=True)
   _, variables, _ = _init(config)
@@ -390,6 +397,7 @@ def test_class_bias_prior():
   np.testing.assert_allclose(probs[..., 1:] / probs[..., :1], 0.01 / 0.99, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_head_ordering_matches_reshape():
   """Anchor (map, y, x, box) of the flat output is the conv channel it came from."""
   head = ssd.SSDHead(num_classes=1, extra_layers=((4, 8),), aspect_ratios=((2, 3), (2,)))
@@ -411,6 +419,7 @@ def test_head_ordering_matches_reshape():
   assert logits.shape == (1, boxes.shape[1], 2)
 
 
+@pytest.mark.slow
 def test_bfloat16():
   config = _config('rock', tiny=True)
   model, variables, images = _init(config)

@@ -35,6 +35,9 @@ from launch import common, gpu, local, tpu_pod
 from rock_jax import checkpoints, detect, input_pipeline, main
 from rock_jax.datasets import synthetic_rooms
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = 'configs/synthetic.py:smoke'
 NUM_STEPS = 8

@@ -14,6 +14,7 @@ import re
 import jax
 import nbclient
 import nbformat
+import pytest
 from PIL import Image
 
 from configs import nyuv2
@@ -35,6 +36,7 @@ def save_smoke_checkpoint(workdir: pathlib.Path) -> None:
   manager.close()
 
 
+@pytest.mark.slow
 def test_inspect_params_notebook(tmp_path, monkeypatch):
   save_smoke_checkpoint(tmp_path / 'workdir' / 'smoke')
   (tmp_path / 'notebooks').mkdir()

@@ -172,6 +172,7 @@ def test_paper_with_val_split_file_and_eigen_normals(nyu, tmp_path):
   assert np.all(e['normals'][:40, :40] == 0)
 
 
+@pytest.mark.slow
 def test_tfds_build_command_line(nyu, tmp_path):
   """The real `tfds build` command of the environment builds the dataset."""
   tfds_cli = os.path.join(os.path.dirname(sys.executable), 'tfds')

@@ -35,6 +35,7 @@ def test_panels_of_lists_losses_then_present_eval_metrics(tmp_path):
   assert steps == [20, 40] and values == pytest.approx([0.2, 0.4])
 
 
+@pytest.mark.slow
 def test_plot_cli_overlays_two_runs(tmp_path):
   for name, scale in (('rock', 1.0), ('baseline', 2.0)):
     fake_run(tmp_path / name, scale)

@@ -141,6 +141,7 @@ def test_documented_commands_name_the_backbone_and_reach_the_data_check(tmp_path
   assert real_data > 20
 
 
+@pytest.mark.slow
 def test_readme_nyuv2_command_fails_first_in_one_line(tmp_path):
   """The README's NYUv2 command, as written, on a machine without the NYUv2 files."""
   [command] = [args for doc, args in _documented_commands() if doc == 'README.md' and

@@ -83,6 +83,7 @@ def test_runs_follow_the_protocol():
   assert synthetic_finetune.get_config().init_exclude == nyuv2_finetune.get_config().init_exclude
 
 
+@pytest.mark.slow
 def test_smoke_refuses_the_repository_results(tmp_path):
   done = subprocess.run(
     [

@@ -18,6 +18,9 @@ from PIL import Image
 
 from rock_jax.tools import study
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ('baseline', 'rock')
 SMOKE_STEPS = 4

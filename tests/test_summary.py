@@ -51,6 +51,7 @@ def test_flops_of_rock_block():
   assert baseline['flops'] > 0
 
 
+@pytest.mark.slow
 def test_cli_json_and_table():
   command = [sys.executable, '-m', 'rock_jax.tools.summary', '--config=configs/nyuv2.py:smoke']
   env = dict(os.environ, JAX_PLATFORMS='cpu')

@@ -16,6 +16,9 @@ from configs import synthetic
 from rock_jax import boxes, checkpoints, input_pipeline, optim, train
 from rock_jax.models import detector
 
+# Builds a model, a dataset or a subprocess for most tests: the slow tier.
+pytestmark = pytest.mark.slow
+
 BATCH = 4
 
 

@@ -63,6 +63,7 @@ def test_dwa_window_means():
   assert int(state['count']) == 5
 
 
+@pytest.mark.slow
 def test_pcgrad_by_hand():
   # g1 . g2 = -1 < 0: g1' = g1 + 0.5 g2 = (0.5, 0.5); g2' = g2 + g1 = (0, 1).
   grads = jnp.array([[1.0, 0.0], [-1.0, 1.0]])

@@ -609,6 +609,10 @@ def main(argv: Sequence[str]) -> None:
     report['table1'] = {v: complete[v] for v in variants if v in complete}
 
   # §3.
+  from rock_jax.configs import synthetic_finetune  # noqa: PLC0415
+
+  # The protocol's line, whether or not §3 has run yet.
+  report['init_exclude'] = tuple(synthetic_finetune.get_config().init_exclude)
   source = source_run(root, backbone, lr, source_steps, smoke)
   source_results = study.read_results(source.workdir, source_steps)
   if 'source' in parts:
@@ -619,9 +623,6 @@ def main(argv: Sequence[str]) -> None:
     files.append(
       (source.name + ' (source validation)', os.path.join(source.workdir, 'results.json'))
     )
-    from rock_jax.configs import synthetic_finetune  # noqa: PLC0415
-
-    report['init_exclude'] = tuple(synthetic_finetune.get_config().init_exclude)
     finetune, finetune_runs = [], []
     for seed in seeds:
       run = finetune_run(root, source.workdir, seed, lr, steps, smoke)
