@@ -83,6 +83,27 @@ def test_runs_follow_the_protocol():
   assert synthetic_finetune.get_config().init_exclude == nyuv2_finetune.get_config().init_exclude
 
 
+def test_weighted_rows_follow_the_protocol_and_pair_with_fixed():
+  fixed = _overrides(ps.table1_run('R', 'B', 'rock', 0, 3e-4, 500, False))
+  run = ps.table1_run('R', 'B', 'rock+dwa', 0, 3e-4, 500, False)
+  assert run.workdir == os.path.join('R', 'table1', 'rock+dwa', 'seed0')
+  # The §2 protocol unchanged, plus the weighting.
+  assert _overrides(run) == {**fixed, 'loss.weighting': 'dwa'}
+  assert ps.row_name('rock+pcgrad') == 'ROCK (pcgrad weighting)'
+  assert ps.row_pairs(['rock', 'rock+dwa'])[-1] == ('rock+dwa', 'rock')
+  with pytest.raises(ValueError, match="Unknown weighting 'adam'"):
+    ps.split_row('rock+adam')
+  with pytest.raises(ValueError, match="Unknown variant 'resnet'"):
+    ps.split_row('resnet+dwa')
+  runs = {
+    'rock': [{'mAP@0.5': 0.10}, {'mAP@0.5': 0.20}, {'mAP@0.5': 0.30}],
+    'rock+dwa': [{'mAP@0.5': 0.15}, {'mAP@0.5': 0.25}, {'mAP@0.5': 0.20}],
+  }
+  lines = '\n'.join(ps._table1_lines(runs))
+  assert '| ROCK (dwa weighting) | 3 |' in lines
+  assert '| ROCK (dwa weighting) - ROCK | 0.0 ± 8.7 [-10.0, 5.0] | +5.0, +5.0, -10.0 |' in lines
+
+
 @pytest.mark.slow
 def test_smoke_refuses_the_repository_results(tmp_path):
   done = subprocess.run(

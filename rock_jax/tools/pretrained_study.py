@@ -12,7 +12,9 @@ result (so the study resumes after an interruption and can run in parts, `--part
    evaluated on the **validation** split; the best mAP@0.5 (ties: the smaller rate) is
    the rate of every later run (`ROOT/lr_selection.json`).
 3. `table1` (§2, paper Tables 1 and 5): `VARIANTS` x seeds, evaluated once on the test
-   split at the final step.
+   split at the final step. A row may add a loss weighting (`rock+dwa`, workdir
+   `ROOT/table1/rock+dwa/seedS`, `loss.weighting=dwa`; issue #16); the report pairs it
+   with its fixed-weight variant.
 4. `source` (§3): ROCK with depth and normals on `synthetic_rooms/source` from the §1
    backbone (the packaged config `synthetic_source`), seed 0.
 5. `finetune` (§3): ROCK on the demo's set from the source checkpoint through
@@ -60,7 +62,7 @@ from typing import Any
 
 from absl import app, flags
 
-from rock_jax import cli
+from rock_jax import cli, weighting
 from rock_jax.tools import study
 
 PARTS = ('backbone', 'lr', 'table1', 'source', 'finetune', 'diagnose')
@@ -95,6 +97,8 @@ SEEDS = (0, 1, 2)
 SMOKE_STEPS = 4
 SELECTION = 'lr_selection.json'
 PAIRS = (('rock', 'flat_mtl'), ('rock', 'baseline'), ('rock', 'rock_no_aux'))
+# A §2 row may add a loss weighting after a '+' (issue #16: 'rock+dwa'); each such row is
+# paired with its fixed-weight variant.
 
 FLAGS = flags.FLAGS
 DEFAULT_ROOT = 'workdir/study11'
@@ -111,7 +115,10 @@ def define_flags() -> None:
     root=DEFAULT_ROOT,
     seeds=SEEDS,
     variants=VARIANTS,
-    variants_help=f'Variants of the §2 table, of {VARIANTS}.',
+    variants_help=(
+      f'Rows of the §2 table: variants of {VARIANTS}, each optionally with a loss '
+      "weighting after a '+' (e.g. rock+dwa; issue #16)."
+    ),
     report=REPORT,
   )
   flags.adopt_module_key_flags(study)  # Listed by --helpshort like this module's own.
@@ -182,19 +189,43 @@ def lr_run(root: str, backbone: str, lr: float, steps: int, smoke: bool) -> Run:
   )
 
 
+def split_row(row: str) -> tuple[str, str | None]:
+  """`'rock+dwa'` -> `('rock', 'dwa')`, `'rock'` -> `('rock', None)`; checks both names."""
+  variant, _, method = row.partition('+')
+  if variant not in VARIANTS:
+    raise ValueError(f'Unknown variant {variant!r} in row {row!r}; choose from {VARIANTS}.')
+  if method and method not in weighting.METHODS:
+    raise ValueError(f'Unknown weighting {method!r} in row {row!r}; one of {weighting.METHODS}.')
+  return variant, method or None
+
+
+def row_name(row: str) -> str:
+  """The table name of a §2 row, e.g. 'ROCK (dwa weighting)'."""
+  variant, method = split_row(row)
+  return f'{VARIANT_NAMES[variant]} ({method} weighting)' if method else VARIANT_NAMES[variant]
+
+
+def row_pairs(rows: Sequence[str]) -> list[tuple[str, str]]:
+  """The reported pairs: `PAIRS`, then each weighted row against its fixed-weight variant."""
+  weighted = [(row, split_row(row)[0]) for row in rows if split_row(row)[1]]
+  return [*PAIRS, *weighted]
+
+
 def table1_run(
-  root: str, backbone: str, variant: str, seed: int, lr: float, steps: int, smoke: bool
+  root: str, backbone: str, row: str, seed: int, lr: float, steps: int, smoke: bool
 ) -> Run:
-  """One §2 run: a variant from the §1 backbone, evaluated on the test split."""
+  """One §2 run: a variant (optionally `+weighting`) from the §1 backbone, test split once."""
+  variant, method = split_row(row)
   variant_overrides = VARIANT_OVERRIDES.get(variant, (f'model.variant={variant}',))
   return Run(
-    f'{variant} seed {seed}',
+    f'{row} seed {seed}',
     TARGET_CONFIG + suffix(smoke),
-    os.path.join(root, 'table1', variant, f'seed{seed}'),
+    os.path.join(root, 'table1', row, f'seed{seed}'),
     steps,
     (
       *common(steps, lr, seed),
       *variant_overrides,
+      *((f'loss.weighting={method}',) if method else ()),
       # One evaluation, at the last step, on validation; then the test split once.
       'data.eval_split=validation',
       'data.test_split=test',
@@ -439,16 +470,16 @@ def _table1_lines(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
     '',
     '## §2: Table 1 and Table 5 analog (synthetic test split, AP in %)',
     '',
-    *_metrics_table([(VARIANT_NAMES[v], runs[v]) for v in runs]),
+    *_metrics_table([(row_name(v), runs[v]) for v in runs]),
     '',
     'Paired per-seed differences of mAP@0.5 (a - b, points):',
     '',
     '| a - b | mean ± std [min, max] | per seed | seeds agreeing in sign |',
     '|:---|---:|---|---|',
   ]
-  for a, b in PAIRS:
+  for a, b in row_pairs(list(runs)):
     if a in runs and b in runs:
-      label = f'{VARIANT_NAMES[a]} - {VARIANT_NAMES[b]}'
+      label = f'{row_name(a)} - {row_name(b)}'
       lines.append(_paired_line(label, paired(runs[a], runs[b])))
   paper = '; '.join(
     f'{VARIANT_NAMES[v]} {PAPER[v][0]:.1f} / {PAPER[v][1]:.1f} / {PAPER[v][2]:.1f}'
@@ -501,8 +532,11 @@ def main(argv: Sequence[str]) -> None:
   if unknown:
     raise app.UsageError(f'Unknown parts {unknown}; choose from {PARTS}.')
   variants = list(FLAGS.variants)
-  if [v for v in variants if v not in VARIANTS]:
-    raise app.UsageError(f'Variants must be among {VARIANTS}.')
+  try:
+    for row in variants:
+      split_row(row)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   seeds = [int(s) for s in FLAGS.seeds]
   lrs = [float(x) for x in (FLAGS.lrs or LR_GRID)]
   steps = SMOKE_STEPS if smoke else STEPS
@@ -641,7 +675,7 @@ def main(argv: Sequence[str]) -> None:
     finetune_runs = []
 
   # Diagnosis of seed 0 (the first seed) of every run family.
-  diagnose_runs = [(VARIANT_NAMES[v], table1_runs[v][0]) for v in variants if v in table1_runs]
+  diagnose_runs = [(row_name(v), table1_runs[v][0]) for v in variants if v in table1_runs]
   if finetune_runs:
     diagnose_runs.append(('ROCK source -> target', finetune_runs[0]))
   diagnoses = {}
