@@ -62,7 +62,7 @@ from typing import Any
 
 from absl import app, flags
 
-from rock_jax import cli, weighting
+from rock_jax import cli
 from rock_jax.tools import study
 
 PARTS = ('backbone', 'lr', 'table1', 'source', 'finetune', 'diagnose')
@@ -190,19 +190,13 @@ def lr_run(root: str, backbone: str, lr: float, steps: int, smoke: bool) -> Run:
 
 
 def split_row(row: str) -> tuple[str, str | None]:
-  """`'rock+dwa'` -> `('rock', 'dwa')`, `'rock'` -> `('rock', None)`; checks both names."""
-  variant, _, method = row.partition('+')
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown variant {variant!r} in row {row!r}; choose from {VARIANTS}.')
-  if method and method not in weighting.METHODS:
-    raise ValueError(f'Unknown weighting {method!r} in row {row!r}; one of {weighting.METHODS}.')
-  return variant, method or None
+  """`study.split_row` over this study's variants (`rock_no_aux` too)."""
+  return study.split_row(row, VARIANTS)
 
 
 def row_name(row: str) -> str:
-  """The table name of a §2 row, e.g. 'ROCK (dwa weighting)'."""
-  variant, method = split_row(row)
-  return f'{VARIANT_NAMES[variant]} ({method} weighting)' if method else VARIANT_NAMES[variant]
+  """`study.row_name` with this study's variant names."""
+  return study.row_name(row, VARIANT_NAMES)
 
 
 def row_pairs(rows: Sequence[str]) -> list[tuple[str, str]]:

@@ -82,20 +82,25 @@ COMMITTED_RESULTS = 'RESULTS.md'  # The name of a project's committed results ta
 FLAGS = flags.FLAGS
 
 
-def split_row(row: str) -> tuple[str, str | None]:
-  """`'rock+dwa'` -> `('rock', 'dwa')`, `'rock'` -> `('rock', None)`; checks both names."""
+def split_row(row: str, variants: Sequence[str] = VARIANTS) -> tuple[str, str | None]:
+  """`'rock+dwa'` -> `('rock', 'dwa')`, `'rock'` -> `('rock', None)`; checks both names.
+
+  Args:
+    row: a variant, optionally followed by `+WEIGHTING`.
+    variants: the variants the caller's study knows.
+  """
   variant, _, method = row.partition('+')
-  if variant not in VARIANTS:
-    raise ValueError(f'Unknown variant {variant!r} in row {row!r}; choose from {VARIANTS}.')
+  if variant not in variants:
+    raise ValueError(f'Unknown variant {variant!r} in row {row!r}; choose from {variants}.')
   if method and method not in weighting.METHODS:
     raise ValueError(f'Unknown weighting {method!r} in row {row!r}; one of {weighting.METHODS}.')
   return variant, method or None
 
 
-def row_name(row: str) -> str:
-  """The table name of a row, e.g. 'ROCK (dwa weighting)'."""
-  variant, method = split_row(row)
-  name = VARIANT_NAMES[variant]
+def row_name(row: str, names: Mapping[str, str] = VARIANT_NAMES) -> str:
+  """The table name of a row, e.g. 'ROCK (dwa weighting)'; `names` maps the variants."""
+  variant, method = split_row(row, tuple(names))
+  name = names[variant]
   return f'{name} ({method} weighting)' if method else name
 
 
