@@ -97,8 +97,6 @@ SEEDS = (0, 1, 2)
 SMOKE_STEPS = 4
 SELECTION = 'lr_selection.json'
 PAIRS = (('rock', 'flat_mtl'), ('rock', 'baseline'), ('rock', 'rock_no_aux'))
-# A §2 row may add a loss weighting after a '+' (issue #16: 'rock+dwa'); each such row is
-# paired with its fixed-weight variant.
 
 FLAGS = flags.FLAGS
 DEFAULT_ROOT = 'workdir/study11'
