@@ -88,10 +88,19 @@ def test_synthetic_batch_feeds_the_real_loss():
 @pytest.mark.slow
 def test_benchmark_smoke():
   config = nyuv2.get_config('smoke')
+  seen = []
   base, rock = bench.benchmark(
-    config, image_size=(32, 48), batch=1, iters=1, warmup=1, with_train=False
+    config,
+    image_size=(32, 48),
+    batch=1,
+    iters=1,
+    warmup=1,
+    with_train=False,
+    on_measurement=seen.append,
   )
   assert (base.variant, rock.variant) == ('baseline', 'rock')
+  # Each measurement is reported as soon as it is taken, in order.
+  assert seen == [base, rock]
   assert base.train_ips is None
   # The ROCK block only adds parameters and work.
   assert rock.params > base.params and rock.flops > base.flops > 0

@@ -271,6 +271,7 @@ def benchmark(
   variants: Sequence[str] = VARIANTS,
   with_train: bool = True,
   conv_1x1_modes: Sequence[str | None] = (None,),
+  on_measurement: Callable[[Measurement], Any] | None = None,
 ) -> list[Measurement]:
   """Measures every variant at every dtype and 1x1 mode (modes adjacent in a variant).
 
@@ -285,6 +286,8 @@ def benchmark(
     with_train: also time the train step.
     conv_1x1_modes: `config.model.conv_1x1` values (None: the config's), measured one
       after the other for each variant so that their ratio compares like with like.
+    on_measurement: called with each measurement as soon as it is taken (the CLI prints
+      it, so a run stopped by a time limit still shows what it measured).
 
   Returns:
     One measurement per (dtype, variant, mode).
@@ -294,19 +297,23 @@ def benchmark(
   complexity = {
     v: summary.summarize(variant_config(config, v, image_size=image_size)) for v in variants
   }
-  return [
-    measure(
-      variant_config(config, variant, image_size=image_size, dtype=dtype, conv_1x1=mode),
-      batch=batch,
-      iters=iters,
-      warmup=warmup,
-      with_train=with_train,
-      complexity=complexity[variant],
-    )
-    for dtype in dtypes
-    for variant in variants
-    for mode in conv_1x1_modes
-  ]
+  measurements = []
+  for dtype in dtypes:
+    for variant in variants:
+      for mode in conv_1x1_modes:
+        measurements.append(
+          measure(
+            variant_config(config, variant, image_size=image_size, dtype=dtype, conv_1x1=mode),
+            batch=batch,
+            iters=iters,
+            warmup=warmup,
+            with_train=with_train,
+            complexity=complexity[variant],
+          )
+        )
+        if on_measurement is not None:
+          on_measurement(measurements[-1])
+  return measurements
 
 
 def _ratio(a: float | None, b: float | None, *, inverse: bool = False) -> str:
@@ -430,6 +437,7 @@ def _cli() -> None:
       variants=tuple(values.variants),
       with_train=values.train,
       conv_1x1_modes=tuple(values.conv_1x1 or (None,)),
+      on_measurement=lambda m: print(f'measured: {m}', flush=True),
     )
     height, width = image_size or config.data.image_size
     backbone = config.model.backbone
