@@ -23,7 +23,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from rock_jax.models import layers
+from rock_jax.models import layers, pooling
 
 # Blocks per stage of the standard ResNets, and whether they use bottleneck blocks.
 STAGE_SIZES = {
@@ -148,7 +148,9 @@ class ResNet(nn.Module):
       still train), as the reference does.
     bn_momentum: Flax BatchNorm momentum (0.9 = PyTorch momentum 0.1).
     dtype: Compute dtype; parameters stay float32.
-    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
+    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`); where
+      they are dots, a large stem max pool also takes its sliced gradient
+      (`pooling.max_pool`), and 'conv' keeps XLA's own lowering of both.
   """
 
   depth: int = 50
@@ -202,7 +204,10 @@ class ResNet(nn.Module):
     )(x)
     x = nn.relu(x)
     # -inf padding (Flax) equals Keras' zero padding here since inputs are >= 0 after ReLU.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    # On a CPU (where the 1x1 convs are dots) a large pool takes its gradient through
+    # window slices: XLA:CPU's select_and_scatter is slow there (pooling.py).
+    sliced = layers.use_dot(self.conv_1x1) and x[0].size >= pooling.SLICED_MIN_SIZE
+    x = pooling.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)), sliced_grad=sliced)
 
     previous_dilation = 1
     for stage, (num_blocks, (stride, dilation)) in enumerate(
