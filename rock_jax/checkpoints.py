@@ -94,7 +94,7 @@ def create_manager(
     directory: where the step folders live (`checkpoint_dir(workdir)`).
     keep: how many of the latest checkpoints to keep.
     async_save: write in a background thread (the device-to-host copy is still
-      done before `save` returns, so the donated state can be reused at once).
+      done before `save` returns, so a donated state can be reused at once).
     read_only: open an existing directory without creating or deleting anything.
 
   Returns:

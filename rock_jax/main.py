@@ -24,7 +24,10 @@ import logging as std_logging
 import os
 from collections.abc import Sequence
 
-from rock_jax import console
+from rock_jax import console, huge_pages
+
+if __name__ == '__main__':
+  huge_pages.reexec()  # First: glibc's huge-page tunable needs a fresh process.
 
 with console.native_stderr_filtered():  # TensorFlow's start-up lines.
   import jax

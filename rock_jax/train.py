@@ -145,7 +145,7 @@ class StepFunctions:
   Attributes:
     init: `rng -> TrainState`, replicated.
     step: `(state, batch, rng) -> (state, metrics)`: `train_step` with the state
-      replicated and donated, the batch sharded over 'data' (`shard_batch`).
+      replicated (and donated on accelerators), the batch sharded over 'data' (`shard_batch`).
     abstract_state: the state's shapes, dtypes and shardings (for restoring).
     replicated: the sharding of the state.
     data: the sharding of a batch.
@@ -164,7 +164,7 @@ def step_functions(
   mesh: jax.sharding.Mesh,
   *,
   loss_fn: Callable[..., tuple[jax.Array, dict[str, jax.Array]]] = losses.multi_loss,
-  donate: bool = True,
+  donate: bool | None = None,
 ) -> StepFunctions:
   """Jits `create_train_state` and `train_step` for `config` on `mesh`: the one place.
 
@@ -173,8 +173,14 @@ def step_functions(
     model: `detector.build_model(config)`.
     mesh: the `('data',)` mesh.
     loss_fn: replaces `losses.multi_loss` (e.g. wrapped in a named scope for a profile).
-    donate: donate the state to the step (False keeps the input state alive).
+    donate: donate the state to the step (False keeps the input state alive). By
+      default on accelerators, where it saves a copy of the state in device memory,
+      and not on a CPU: there XLA copies the donated parameters before updating them
+      in place: the ROCK step at 480x640 ran 8 % slower donated on one 2-core machine and
+      no faster on another (BENCHMARKS.md).
   """
+  if donate is None:
+    donate = jax.default_backend() != 'cpu'
   replicated = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P('data'))
   init = jax.jit(functools.partial(create_train_state, config, model), out_shardings=replicated)

@@ -1,4 +1,5 @@
-"""Tests of `layers.Conv` (1x1 convs as dots): same parameters and numbers as `nn.Conv`.
+"""Tests of `layers.Conv` (1x1 convs as dots, spatial kernel gradients as dots per tap):
+same parameters and numbers as `nn.Conv`.
 
 Every module that holds 1x1 convs (backbone blocks, ROCK, flat-MTL heads, SSD head,
 the whole detector) is run twice from the same variables, once with `conv_1x1='conv'`
@@ -103,6 +104,82 @@ def test_dot_mode_has_no_conv_for_1x1_only():
     assert ('conv_general_dilated' in grad_prims) == (expected == 1)
 
 
+@pytest.mark.parametrize(
+  'kwargs',
+  [
+    dict(kernel_size=(3, 3)),
+    dict(kernel_size=(3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False),
+    dict(kernel_size=(3, 3), kernel_dilation=2, padding=((2, 2), (2, 2))),
+    dict(kernel_size=(3, 2), strides=(2, 3), kernel_dilation=(1, 2), padding='SAME'),
+    dict(kernel_size=(3, 3), strides=2, padding='VALID'),
+  ],
+)
+def test_spatial_conv_kernel_gradient_matches_nn_conv(kwargs, monkeypatch):
+  """'dot' takes the kernel gradient of a spatial conv as one dot per kernel tap."""
+  monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
+  width = layers.TAP_GRAD_MIN_CHANNELS
+  x = jax.random.normal(_key(1), (2, 7, 9, width))
+  variables = _compare(lambda mode: layers.Conv(width, conv_1x1=mode, **kwargs), x)
+  conv = layers.Conv(width, conv_1x1='dot', **kwargs)
+  _close(nn.Conv(width, **kwargs).apply(variables, x), conv.apply(variables, x))
+  # Forward and input gradient stay convolutions; the kernel gradient is a dot per tap.
+  taps = np.prod(kwargs['kernel_size'])
+  grads = _primitives(jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1)), variables, x)
+  assert grads.count('conv_general_dilated') == 2 and grads.count('dot_general') == taps
+
+
+def test_spatial_conv_kernel_gradient_in_bfloat16(monkeypatch):
+  monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
+  width = layers.TAP_GRAD_MIN_CHANNELS
+  x = jax.random.normal(_key(1), (2, 7, 9, width))
+  conv = layers.Conv(width, (3, 3), conv_1x1='dot', dtype=jnp.bfloat16)
+  variables = conv.init(_key(0), x)
+  grad = lambda c: jax.grad(lambda v: jnp.sum(c.apply(v, x).astype(jnp.float32) ** 2))(variables)
+  grads = grad(conv)
+  assert grads['params']['kernel'].dtype == jnp.float32  # Params stay float32.
+  _close(grad(nn.Conv(width, (3, 3), dtype=jnp.bfloat16)), grads, rtol=2e-2)
+
+
+def test_tap_gradient_thresholds():
+  """Narrow convs, small output maps and other modes keep nn.Conv's gradient."""
+  wide, pixels = layers.TAP_GRAD_MIN_CHANNELS, layers.TAP_GRAD_MIN_PIXELS
+  big = jnp.zeros((1, 32, pixels // 32, wide))  # Exactly TAP_GRAD_MIN_PIXELS at stride 1.
+  cases = (
+    (layers.Conv(wide, (3, 3), conv_1x1='dot'), big, True),
+    (layers.Conv(wide // 2, (3, 3), conv_1x1='dot'), big, False),  # Narrow output.
+    (layers.Conv(wide, (3, 3), strides=2, conv_1x1='dot'), big, False),  # Map / 4.
+    (layers.Conv(wide, (3, 3), padding='VALID', conv_1x1='dot'), big, False),  # 30 x 30.
+    (layers.Conv(wide, (3, 3), conv_1x1='conv'), big, False),
+    (layers.Conv(wide, (3, 3), padding='CIRCULAR', conv_1x1='dot'), big, False),
+    (layers.Conv(wide, (3, 3), feature_group_count=2, conv_1x1='dot'), big, False),
+  )
+  for conv, x, dots in cases:
+    variables = jax.eval_shape(conv.init, _key(0), x)
+    grads = _primitives(jax.grad(lambda v, x, c=conv: c.apply(v, x).sum()), variables, x)
+    assert ('dot_general' in grads) == dots, conv
+
+
+def test_taps_are_the_pixels_each_kernel_tap_reads():
+  """Against a brute-force numpy gather, with stride, dilation and uneven padding."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(2, 7, 8, 3)).astype(np.float32)
+  kernel, strides, padding, dilation = (3, 2), (2, 3), ((1, 2), (0, 3)), (2, 3)
+  out = (
+    (7 + 3 - (kernel[0] - 1) * dilation[0] - 1) // strides[0] + 1,
+    (8 + 3 - (kernel[1] - 1) * dilation[1] - 1) // strides[1] + 1,
+  )
+  got = [
+    np.asarray(t) for t in layers.taps(jnp.asarray(x), kernel, out, strides, padding, dilation)
+  ]
+  assert len(got) == kernel[0] * kernel[1] and got[0].shape == (2, *out, 3)
+  for b, y, z, i, j in np.ndindex(2, *out, *kernel):
+    row = y * strides[0] + i * dilation[0] - padding[0][0]
+    col = z * strides[1] + j * dilation[1] - padding[1][0]
+    inside = 0 <= row < 7 and 0 <= col < 8
+    expected = x[b, row, col] if inside else np.zeros(3, np.float32)
+    np.testing.assert_array_equal(got[i * kernel[1] + j][b, y, z], expected)
+
+
 def test_use_dot_modes():
   assert layers.use_dot('dot', 'gpu') and layers.use_dot('dot', 'cpu')
   assert not layers.use_dot('conv', 'cpu')
@@ -127,7 +204,11 @@ def test_bottleneck_block(layout, stride, in_width):
 
 
 @pytest.mark.slow
-def test_resnet_backbone():
+@pytest.mark.parametrize('tap_grad', [False, True])
+def test_resnet_backbone(tap_grad, monkeypatch):
+  if tap_grad:  # The 3x3 convs of stages 2-4 take the kernel gradient per tap.
+    monkeypatch.setattr(layers, 'TAP_GRAD_MIN_CHANNELS', 8)
+    monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
   x = jax.random.normal(_key(1), (2, 32, 48, 3))
   make = lambda mode: resnet.ResNet(
     depth=50, width=4, stage_sizes=(1, 1, 1, 1), layout='v1', conv_1x1=mode

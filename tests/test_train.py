@@ -254,3 +254,18 @@ def test_bfloat16_compute_keeps_float32_params_and_loss():
     results[dtype] = float(metrics['loss'])
   # Same init and batch: bfloat16 compute only rounds, it must not change the loss much.
   np.testing.assert_allclose(results['bfloat16'], results['float32'], rtol=0.05)
+
+
+def test_state_is_donated_on_accelerators_only():
+  """On a CPU the default keeps the input state (donating made the step slower there)."""
+  assert jax.default_backend() == 'cpu'
+  config = make_config()
+  model = detector.build_model(config)
+  mesh = mesh_of(1)
+  with jax.set_mesh(mesh):
+    for donate, donated in ((None, False), (True, True), (False, False)):
+      functions = train.step_functions(config, model, mesh, donate=donate)
+      batch = train.shard_batch(fake_batch(config, 0), functions.data)
+      text = functions.step.lower(functions.abstract_state, batch, jax.random.key(0)).as_text()
+      aliased = 'tf.aliasing_output' in text or 'jax.buffer_donor' in text
+      assert aliased == donated, donate

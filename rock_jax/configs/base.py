@@ -35,6 +35,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   model.dtype = 'float32'  # Compute dtype: 'float32' or 'bfloat16' (params stay float32).
   # 1x1 convs as 'conv' (lax.conv) or 'dot' (matrix multiply, same parameters and result);
   # 'auto' = 'dot' on a CPU (XLA:CPU conv gradients are slow), 'conv' on GPU and TPU.
+  # 'dot' also takes the kernel gradient of wide 3x3 convs as dots (models/layers.py).
   model.conv_1x1 = 'auto'
 
   model.backbone = ml_collections.ConfigDict()

@@ -15,10 +15,20 @@ by default.
 
 The parameters are those of `nn.Conv`: `kernel` of shape `(1, 1, Cin, Cout)`, drawn by
 the same initialiser from the same shape, and `bias` `(Cout,)`; checkpoints, the
-weight importers and the parameter counts do not see the difference. Convolutions that
-are not pointwise (3x3, 7x7, ...) always go through `nn.Conv`.
+weight importers and the parameter counts do not see the difference.
+
+A spatial convolution (3x3 and up, 2-D, no groups or input dilation) with both widths
+at least `TAP_GRAD_MIN_CHANNELS` and an output map of at least `TAP_GRAD_MIN_PIXELS`
+pixels keeps `lax.conv_general_dilated` for its forward pass and its input gradient; in
+the 'dot' mode its kernel gradient is one matrix multiply per kernel tap
+(`conv_tap_grad`). XLA:CPU computes that gradient as a convolution with the channels as
+its batch, 2-7x slower than the forward convolution of the same FLOPs; the dots took it
+from 200 to 73 ms for the 512-wide 3x3 convs at 30x40, and from 59 to 31 ms for the
+128-wide ones at 60x80 (BENCHMARKS.md). Narrower ones, smaller maps (the SSD extras) and
+other convolutions go through `nn.Conv` unchanged.
 """
 
+import functools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -28,6 +38,11 @@ from flax.linen import linear
 from jax import lax
 
 CONV_1X1_MODES = ('auto', 'conv', 'dot')
+# A spatial conv with both widths and its output map at least these takes its kernel
+# gradient as dots (`conv_tap_grad`); smaller ones keep XLA's (measured, BENCHMARKS.md).
+TAP_GRAD_MIN_CHANNELS = 64
+TAP_GRAD_MIN_PIXELS = 1024
+_NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
 def use_dot(mode: str, backend: str | None = None) -> bool:
@@ -63,6 +78,91 @@ def _strides(strides: None | int | Sequence[int], rank: int) -> tuple[int, ...]:
   return tuple(strides)
 
 
+def _conv(x, kernel, strides, padding, dilation, precision):
+  return lax.conv_general_dilated(
+    x,
+    kernel,
+    strides,
+    padding,
+    rhs_dilation=dilation,
+    dimension_numbers=_NHWC,
+    precision=precision,
+  )
+
+
+def taps(
+  x: jnp.ndarray,
+  kernel_size: Sequence[int],
+  out_size: Sequence[int],
+  strides: Sequence[int],
+  padding: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+) -> list[jnp.ndarray]:
+  """The input pixels each kernel tap of a 2-D conv multiplies, `[B, Ho, Wo, C]` per tap.
+
+  Tap `(i, j)` (item `i * kw + j`) holds, at output pixel `(y, x)`, the input at
+  `(y * sh + i * dh - pad_top, x * sw + j * dw - pad_left)`, zero outside the image.
+  """
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel_size, out_size, strides, dilation
+  batch, channels = x.shape[0], x.shape[-1]
+  return [
+    lax.slice(
+      x,
+      (0, i * dh, j * dw, 0),
+      (batch, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, channels),
+      (1, sh, sw, 1),
+    )
+    for i in range(kh)
+    for j in range(kw)
+  ]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
+  """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is a dot per tap.
+
+  Args:
+    x: `[B, H, W, C]`.
+    kernel: `[kh, kw, C, O]`.
+    strides: `(sh, sw)`.
+    padding: `((top, bottom), (left, right))`, non-negative.
+    dilation: the kernel dilation `(dh, dw)`.
+    precision: passed to the convolutions and the dots.
+
+  Returns:
+    `[B, Ho, Wo, O]`. The input gradient is XLA's. The kernel gradient of tap `(i, j)`
+    is `sum_b taps(x)[i, j][b]^T dY[b]`, one matrix multiply per image (the images
+    are the dot's batch, which XLA:CPU spreads over the cores): the same sums as the
+    convolution's, in another order.
+  """
+  return _conv(x, kernel, strides, padding, dilation, precision)
+
+
+def _tap_grad_fwd(x, kernel, strides, padding, dilation, precision):
+  return _conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
+
+
+def _tap_grad_bwd(strides, padding, dilation, precision, residuals, dy):
+  x, kernel = residuals
+  (dx,) = jax.linear_transpose(
+    lambda x: _conv(x, kernel, strides, padding, dilation, precision), x
+  )(dy)
+  per_image = (((1, 2), (1, 2)), ((0,), (0,)))  # [B, C, O]: contract the pixels.
+  dkernel = jnp.stack(
+    [
+      lax.dot_general(
+        tap, dy, per_image, precision=precision, preferred_element_type=jnp.float32
+      ).sum(0)
+      for tap in taps(x, kernel.shape[:2], dy.shape[1:3], strides, padding, dilation)
+    ]
+  )
+  return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
+
+
+conv_tap_grad.defvjp(_tap_grad_fwd, _tap_grad_bwd)
+
+
 class Conv(nn.Conv):
   """`nn.Conv`, with pointwise convolutions as matrix multiplies (see module docstring).
 
@@ -92,6 +192,40 @@ class Conv(nn.Conv):
       return padding in ('SAME', 'VALID')
     return all(low == 0 and high == 0 for low, high in padding)
 
+  def _tap_grad_padding(self, inputs: jnp.ndarray) -> tuple[tuple[int, int], ...] | None:
+    """The explicit padding of a 2-D conv whose kernel gradient takes `conv_tap_grad`.
+
+    None where the layer keeps `nn.Conv`: not 2-D NHWC, a width under
+    `TAP_GRAD_MIN_CHANNELS`, an output map under `TAP_GRAD_MIN_PIXELS`, groups, input
+    dilation, a mask, or a padding mode other than 'SAME', 'VALID' or non-negative pairs.
+    """
+    kernel_size = self._kernel_size()
+    if len(kernel_size) != 2 or inputs.ndim != 4:
+      return None
+    if min(inputs.shape[-1], self.features) < TAP_GRAD_MIN_CHANNELS:
+      return None
+    if self.feature_group_count != 1 or self.mask is not None:
+      return None
+    if not _all_ones(self.input_dilation):
+      return None
+    padding = linear.canonicalize_padding(self.padding, 2)
+    if isinstance(padding, str):
+      if padding not in ('SAME', 'VALID'):
+        return None
+      dilation = _strides(self.kernel_dilation, 2)
+      window = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True))
+      padding = lax.padtype_to_pads(inputs.shape[1:3], window, _strides(self.strides, 2), padding)
+    padding = tuple((int(low), int(high)) for low, high in padding)
+    if any(low < 0 or high < 0 for low, high in padding):
+      return None
+    dilation, strides = _strides(self.kernel_dilation, 2), _strides(self.strides, 2)
+    pixels = 1
+    for size, (low, high), k, d, s in zip(
+      inputs.shape[1:3], padding, kernel_size, dilation, strides, strict=True
+    ):
+      pixels *= max(0, (size + low + high - (k - 1) * d - 1) // s + 1)
+    return padding if pixels >= TAP_GRAD_MIN_PIXELS else None
+
   @nn.compact
   def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
     """Applies the convolution.
@@ -103,8 +237,13 @@ class Conv(nn.Conv):
       `[..., spatial'..., Cout]`, as `nn.Conv` returns it.
     """
     rank = len(self._kernel_size())
-    if not (use_dot(self.conv_1x1) and self._pointwise(rank)):
+    if not use_dot(self.conv_1x1):
       return super().__call__(inputs)
+    if not self._pointwise(rank):
+      padding = self._tap_grad_padding(inputs)
+      if padding is None:
+        return super().__call__(inputs)
+      return self._spatial(inputs, padding)
     in_features = inputs.shape[-1]
     kernel = self.param(
       'kernel', self.kernel_init, (1,) * rank + (in_features, self.features), self.param_dtype
@@ -126,6 +265,30 @@ class Conv(nn.Conv):
       kernel.reshape(in_features, self.features),
       (((inputs.ndim - 1,), (0,)), ((), ())),
       precision=self.precision,
+    )
+    if bias is not None:
+      y = y + bias
+    return y
+
+  def _spatial(self, inputs: jnp.ndarray, padding: tuple[tuple[int, int], ...]) -> jnp.ndarray:
+    """A 2-D conv as `nn.Conv` computes it, with the kernel gradient of `conv_tap_grad`."""
+    kernel_size = self._kernel_size()
+    kernel = self.param(
+      'kernel', self.kernel_init, (*kernel_size, inputs.shape[-1], self.features), self.param_dtype
+    )
+    bias = (
+      self.param('bias', self.bias_init, (self.features,), self.param_dtype)
+      if self.use_bias
+      else None
+    )
+    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    y = conv_tap_grad(
+      inputs,
+      kernel,
+      _strides(self.strides, 2),
+      padding,
+      _strides(self.kernel_dilation, 2),
+      self.precision,
     )
     if bias is not None:
       y = y + bias

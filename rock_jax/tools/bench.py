@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 
 from rock_jax import boxes as box_lib
-from rock_jax import cli, train
+from rock_jax import cli, huge_pages, train
 from rock_jax import tasks as tasks_lib
 from rock_jax.models import detector, layers
 from rock_jax.tools import summary
@@ -178,7 +178,7 @@ def build_train_step(
   *,
   loss_fn: Callable[..., Any] | None = None,
 ) -> tuple[Callable[..., Any], Any, dict[str, jax.Array], jax.Array, jax.sharding.Mesh]:
-  """The trainer's jitted `train_step` (state donated), a fresh state and a batch.
+  """The trainer's jitted `train_step` (as `train.step_functions` builds it), a fresh state and a batch.
 
   Args:
     config: the variant's config.
@@ -400,6 +400,7 @@ def parse_image_size(text: str) -> tuple[int, int]:
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
+  huge_pages.reexec()  # Measure as `rock_jax.main` runs (rock_jax.huge_pages).
   from absl import flags, logging
   from etils import epath
   from ml_collections import config_flags

@@ -41,7 +41,7 @@ from etils import epath
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from rock_jax import cli, losses, train
+from rock_jax import cli, huge_pages, losses, train
 from rock_jax.tools import bench
 
 _INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([a-z][\w\-]*)\((.*)$')
@@ -229,6 +229,7 @@ def markdown_table(result: Mapping[str, Any], *, header: str = '') -> str:
 
 def _cli() -> None:
   """Defines the flags and runs; flags live here so importing this module defines none."""
+  huge_pages.reexec()  # Measure as `rock_jax.main` runs (rock_jax.huge_pages).
   from absl import flags, logging
   from ml_collections import config_flags
 
