@@ -8,6 +8,7 @@ gradients with respect to the parameters and the input are compared. Tiny shapes
 """
 
 import functools
+import importlib
 import re
 
 import flax.linen as nn
@@ -157,6 +158,30 @@ def test_tap_gradient_thresholds():
     variables = jax.eval_shape(conv.init, _key(0), x)
     grads = _primitives(jax.grad(lambda v, x, c=conv: c.apply(v, x).sum()), variables, x)
     assert ('dot_general' in grads) == dots, conv
+
+
+@pytest.mark.parametrize(
+  'config_name,expected',
+  [
+    ('rock_pytorch', 20),  # The 16 3x3 convs of the ResNet-50 and 4 of ROCK, at 480x640.
+    ('synthetic', 0),  # The CPU demo: too narrow at 36x48, maps too small from 64 wide.
+  ],
+)
+def test_which_convs_take_the_tap_gradient(config_name, expected, monkeypatch):
+  config = importlib.import_module(f'configs.{config_name}').get_config()
+  calls = []
+  original = layers.conv_tap_grad
+  monkeypatch.setattr(
+    layers, 'conv_tap_grad', lambda x, *args: calls.append(x.shape) or original(x, *args)
+  )
+  model = detector.build_model(config)
+  images = jax.ShapeDtypeStruct((2, *config.data.image_size, 3), jnp.float32)
+  variables = jax.eval_shape(functools.partial(model.init, train=False), _key(0), images)
+  calls.clear()
+  jax.eval_shape(
+    functools.partial(model.apply, train=True, mutable=['batch_stats']), variables, images
+  )
+  assert len(calls) == expected, calls
 
 
 def test_taps_are_the_pixels_each_kernel_tap_reads():
