@@ -4,9 +4,10 @@ At every call, XLA:CPU mallocs the executable's temporary buffer (2.2 GiB for th
 train step at 480x640, batch 2) and frees it at the end. glibc serves a block that large
 with a fresh `mmap` and unmaps it on `free`, so each step touches 2.2 GiB of new 4 KiB
 pages: about 600,000 page faults per step, measured at 2.4 us each on a 2-core VM.
-Avoiding them made the step 3-11 % faster on two such machines. glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes
-malloc ask for transparent huge pages on such blocks (`madvise(MADV_HUGEPAGE)`), 2 MiB
-each, and the faults fall to a few thousand (BENCHMARKS.md).
+glibc's tunable `glibc.malloc.hugetlb=1` (glibc >= 2.35) makes malloc ask for
+transparent huge pages on such blocks (`madvise(MADV_HUGEPAGE)`), 2 MiB each: the faults
+fall to a few thousand, and the step ran 3-11 % faster on two such machines
+(BENCHMARKS.md).
 
 Tunables are read when a process starts, so `reexec()` restarts the command line with the
 tunable set. The command-line entry points call it first, before JAX is imported; it

@@ -208,22 +208,19 @@ class Conv(nn.Conv):
       return None
     if not _all_ones(self.input_dilation):
       return None
+    dilation, strides = _strides(self.kernel_dilation, 2), _strides(self.strides, 2)
+    window = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True))
     padding = linear.canonicalize_padding(self.padding, 2)
     if isinstance(padding, str):
       if padding not in ('SAME', 'VALID'):
         return None
-      dilation = _strides(self.kernel_dilation, 2)
-      window = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True))
-      padding = lax.padtype_to_pads(inputs.shape[1:3], window, _strides(self.strides, 2), padding)
+      padding = lax.padtype_to_pads(inputs.shape[1:3], window, strides, padding)
     padding = tuple((int(low), int(high)) for low, high in padding)
     if any(low < 0 or high < 0 for low, high in padding):
       return None
-    dilation, strides = _strides(self.kernel_dilation, 2), _strides(self.strides, 2)
     pixels = 1
-    for size, (low, high), k, d, s in zip(
-      inputs.shape[1:3], padding, kernel_size, dilation, strides, strict=True
-    ):
-      pixels *= max(0, (size + low + high - (k - 1) * d - 1) // s + 1)
+    for size, (low, high), w, s in zip(inputs.shape[1:3], padding, window, strides, strict=True):
+      pixels *= max(0, (size + low + high - w) // s + 1)
     return padding if pixels >= TAP_GRAD_MIN_PIXELS else None
 
   @nn.compact
@@ -245,15 +242,7 @@ class Conv(nn.Conv):
         return super().__call__(inputs)
       return self._spatial(inputs, padding)
     in_features = inputs.shape[-1]
-    kernel = self.param(
-      'kernel', self.kernel_init, (1,) * rank + (in_features, self.features), self.param_dtype
-    )
-    bias = (
-      self.param('bias', self.bias_init, (self.features,), self.param_dtype)
-      if self.use_bias
-      else None
-    )
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    inputs, kernel, bias = self._parameters(inputs)
     strides = _strides(self.strides, rank)
     if any(s != 1 for s in strides):
       spatial = tuple(slice(None, None, s) for s in strides)
@@ -270,18 +259,20 @@ class Conv(nn.Conv):
       y = y + bias
     return y
 
-  def _spatial(self, inputs: jnp.ndarray, padding: tuple[tuple[int, int], ...]) -> jnp.ndarray:
-    """A 2-D conv as `nn.Conv` computes it, with the kernel gradient of `conv_tap_grad`."""
-    kernel_size = self._kernel_size()
-    kernel = self.param(
-      'kernel', self.kernel_init, (*kernel_size, inputs.shape[-1], self.features), self.param_dtype
-    )
+  def _parameters(self, inputs: jnp.ndarray) -> tuple[jnp.ndarray, ...]:
+    """`(inputs, kernel, bias)` as `nn.Conv` creates and promotes them (bias may be None)."""
+    kernel_shape = (*self._kernel_size(), inputs.shape[-1], self.features)
+    kernel = self.param('kernel', self.kernel_init, kernel_shape, self.param_dtype)
     bias = (
       self.param('bias', self.bias_init, (self.features,), self.param_dtype)
       if self.use_bias
       else None
     )
-    inputs, kernel, bias = self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    return self.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+
+  def _spatial(self, inputs: jnp.ndarray, padding: tuple[tuple[int, int], ...]) -> jnp.ndarray:
+    """A 2-D conv as `nn.Conv` computes it, with the kernel gradient of `conv_tap_grad`."""
+    inputs, kernel, bias = self._parameters(inputs)
     y = conv_tap_grad(
       inputs,
       kernel,

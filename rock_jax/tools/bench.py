@@ -178,7 +178,7 @@ def build_train_step(
   *,
   loss_fn: Callable[..., Any] | None = None,
 ) -> tuple[Callable[..., Any], Any, dict[str, jax.Array], jax.Array, jax.sharding.Mesh]:
-  """The trainer's jitted `train_step` (as `train.step_functions` builds it), a fresh state and a batch.
+  """The trainer's jitted `train_step` (`train.step_functions`), a fresh state and a batch.
 
   Args:
     config: the variant's config.
