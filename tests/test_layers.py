@@ -123,22 +123,36 @@ def test_spatial_conv_kernel_gradient_matches_nn_conv(kwargs, monkeypatch):
   variables = _compare(lambda mode: layers.Conv(width, conv_1x1=mode, **kwargs), x)
   conv = layers.Conv(width, conv_1x1='dot', **kwargs)
   _close(nn.Conv(width, **kwargs).apply(variables, x), conv.apply(variables, x))
-  # Forward and input gradient stay convolutions; the kernel gradient is a dot per tap.
+  # The forward pass stays a convolution. The kernel gradient is a dot per tap, or one dot
+  # of the taps side by side where the output has fewer pixels than channels (the strided
+  # cases here: 2 x 4 x 5 < 64). The input gradient is a convolution at stride 1, a dot
+  # per tap when strided.
   taps = np.prod(kwargs['kernel_size'])
+  strided = np.any(np.asarray(kwargs.get('strides', 1)) != 1)
+  out_pixels = np.prod(conv.apply(variables, x).shape[:3])
+  kernel_dots = taps if out_pixels >= width else 1
+  assert (out_pixels < width) == strided  # Both kernel-gradient forms are tested.
   grads = _primitives(jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1)), variables, x)
-  assert grads.count('conv_general_dilated') == 2 and grads.count('dot_general') == taps
+  assert grads.count('conv_general_dilated') == (1 if strided else 2)
+  assert grads.count('dot_general') == kernel_dots + (taps if strided else 0)
 
 
-def test_spatial_conv_kernel_gradient_in_bfloat16(monkeypatch):
+@pytest.mark.parametrize('strides', [1, 2])
+def test_spatial_conv_kernel_gradient_in_bfloat16(strides, monkeypatch):
   monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
   width = layers.TAP_GRAD_MIN_CHANNELS
   x = jax.random.normal(_key(1), (2, 7, 9, width))
-  conv = layers.Conv(width, (3, 3), conv_1x1='dot', dtype=jnp.bfloat16)
+  conv = layers.Conv(width, (3, 3), strides, conv_1x1='dot', dtype=jnp.bfloat16)
   variables = conv.init(_key(0), x)
-  grad = lambda c: jax.grad(lambda v: jnp.sum(c.apply(v, x).astype(jnp.float32) ** 2))(variables)
+
+  def grad(c):
+    loss = lambda v, x: jnp.sum(c.apply(v, x).astype(jnp.float32) ** 2)
+    return jax.grad(loss, argnums=(0, 1))(variables, x.astype(jnp.bfloat16))
+
   grads = grad(conv)
-  assert grads['params']['kernel'].dtype == jnp.float32  # Params stay float32.
-  _close(grad(nn.Conv(width, (3, 3), dtype=jnp.bfloat16)), grads, rtol=2e-2)
+  assert grads[0]['params']['kernel'].dtype == jnp.float32  # Params stay float32.
+  assert grads[1].dtype == jnp.bfloat16
+  _close(grad(nn.Conv(width, (3, 3), strides, dtype=jnp.bfloat16)), grads, rtol=2e-2)
 
 
 def test_tap_gradient_thresholds():
@@ -148,7 +162,9 @@ def test_tap_gradient_thresholds():
   cases = (
     (layers.Conv(wide, (3, 3), conv_1x1='dot'), big, True),
     (layers.Conv(wide // 2, (3, 3), conv_1x1='dot'), big, False),  # Narrow output.
-    (layers.Conv(wide, (3, 3), strides=2, conv_1x1='dot'), big, False),  # Map / 4.
+    # Strided: at any size, for its input gradient (the map is a quarter here).
+    (layers.Conv(wide, (3, 3), strides=2, conv_1x1='dot'), big, True),
+    (layers.Conv(wide // 2, (3, 3), strides=2, conv_1x1='dot'), big, False),
     (layers.Conv(wide, (3, 3), padding='VALID', conv_1x1='dot'), big, False),  # 30 x 30.
     (layers.Conv(wide, (3, 3), conv_1x1='conv'), big, False),
     (layers.Conv(wide, (3, 3), padding='CIRCULAR', conv_1x1='dot'), big, False),
@@ -163,8 +179,11 @@ def test_tap_gradient_thresholds():
 @pytest.mark.parametrize(
   'config_name,expected',
   [
-    ('rock_pytorch', 20),  # The 16 3x3 convs of the ResNet-50 and 4 of ROCK, at 480x640.
-    ('synthetic', 0),  # The CPU demo: too narrow at 36x48, maps too small from 64 wide.
+    # At 480x640: the 16 3x3 convs of the ResNet-50, 4 of ROCK and the 3 strided SSD extras.
+    ('rock_pytorch', 23),
+    # The CPU demo: too narrow at 36x48, maps too small from 64 wide but for its 3 strided
+    # convs 64 wide (the ResNet-18's last stage, two SSD extras).
+    ('synthetic', 3),
   ],
 )
 def test_which_convs_take_the_tap_gradient(config_name, expected, monkeypatch):
@@ -203,6 +222,33 @@ def test_taps_are_the_pixels_each_kernel_tap_reads():
     inside = 0 <= row < 7 and 0 <= col < 8
     expected = x[b, row, col] if inside else np.zeros(3, np.float32)
     np.testing.assert_array_equal(got[i * kernel[1] + j][b, y, z], expected)
+
+
+def test_untaps_is_the_transpose_of_taps():
+  """Against a brute-force numpy scatter-add, and as `taps`' linear transpose."""
+  rng = np.random.default_rng(0)
+  kernel, strides, padding, dilation = (3, 2), (2, 3), ((1, 2), (0, 3)), (2, 3)
+  in_size = (7, 8)
+  out = (
+    (7 + 3 - (kernel[0] - 1) * dilation[0] - 1) // strides[0] + 1,
+    (8 + 3 - (kernel[1] - 1) * dilation[1] - 1) // strides[1] + 1,
+  )
+  parts = [rng.normal(size=(2, *out, 3)).astype(np.float32) for _ in range(6)]
+  got = np.asarray(
+    layers.untaps([jnp.asarray(p) for p in parts], in_size, kernel, strides, padding, dilation)
+  )
+  expected = np.zeros((2, *in_size, 3), np.float32)
+  for b, y, z, i, j in np.ndindex(2, *out, *kernel):
+    row = y * strides[0] + i * dilation[0] - padding[0][0]
+    col = z * strides[1] + j * dilation[1] - padding[1][0]
+    if 0 <= row < in_size[0] and 0 <= col < in_size[1]:
+      expected[b, row, col] += parts[i * kernel[1] + j][b, y, z]
+  np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+  x = jnp.zeros((2, *in_size, 3))
+  (transposed,) = jax.linear_transpose(
+    lambda x: layers.taps(x, kernel, out, strides, padding, dilation), x
+  )([jnp.asarray(p) for p in parts])
+  np.testing.assert_allclose(got, np.asarray(transposed), rtol=1e-6, atol=1e-6)
 
 
 def test_use_dot_modes():

@@ -132,9 +132,9 @@ def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
 
   Returns:
     `[B, Ho, Wo, O]`. The input gradient is XLA's. The kernel gradient of tap `(i, j)`
-    is `sum_b taps(x)[i, j][b]^T dY[b]`, one matrix multiply per image (the images
-    are the dot's batch, which XLA:CPU spreads over the cores): the same sums as the
-    convolution's, in another order.
+    is `taps(x)[i, j]^T dY` with the images and pixels as one contracted axis
+    (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`): the same sums as the convolution's, in another
+    order.
   """
   return _conv(x, kernel, strides, padding, dilation, precision)
 
@@ -143,20 +143,75 @@ def _tap_grad_fwd(x, kernel, strides, padding, dilation, precision):
   return _conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
 
 
+def untaps(
+  parts: Sequence[jnp.ndarray],
+  in_size: Sequence[int],
+  kernel_size: Sequence[int],
+  strides: Sequence[int],
+  padding: Sequence[tuple[int, int]],
+  dilation: Sequence[int],
+) -> jnp.ndarray:
+  """The transpose of `taps`: each tap's `[B, Ho, Wo, C]` added back where it was read.
+
+  Returns `[B, H, W, C]` for `in_size = (H, W)`: the sum over taps of `parts[i * kw + j]`
+  placed at `(y * sh + i * dh - pad_top, x * sw + j * dw - pad_left)`, the padding
+  dropped.
+  """
+  (_, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
+  (top, bottom), (left, right) = padding
+  height, width = in_size[0] + top + bottom, in_size[1] + left + right
+  total = None
+  for index, part in enumerate(parts):
+    i, j = divmod(index, kw)
+    ho, wo = part.shape[1:3]
+    placed = lax.pad(
+      part,
+      jnp.zeros((), part.dtype),
+      (
+        (0, 0, 0),
+        (i * dh, height - i * dh - (ho - 1) * sh - 1, sh - 1),
+        (j * dw, width - j * dw - (wo - 1) * sw - 1, sw - 1),
+        (0, 0, 0),
+      ),
+    )
+    total = placed if total is None else total + placed
+  return total[:, top : top + in_size[0], left : left + in_size[1]]
+
+
 def _tap_grad_bwd(strides, padding, dilation, precision, residuals, dy):
   x, kernel = residuals
-  (dx,) = jax.linear_transpose(
-    lambda x: _conv(x, kernel, strides, padding, dilation, precision), x
-  )(dy)
-  per_image = (((1, 2), (1, 2)), ((0,), (0,)))  # [B, C, O]: contract the pixels.
-  dkernel = jnp.stack(
-    [
-      lax.dot_general(
-        tap, dy, per_image, precision=precision, preferred_element_type=jnp.float32
-      ).sum(0)
-      for tap in taps(x, kernel.shape[:2], dy.shape[1:3], strides, padding, dilation)
+  kh, kw, channels, features = kernel.shape
+  dot = functools.partial(lax.dot_general, precision=precision, preferred_element_type=jnp.float32)
+  dy2 = dy.reshape(-1, features)
+  if all(s == 1 for s in strides):
+    (dx,) = jax.linear_transpose(
+      lambda x: _conv(x, kernel, strides, padding, dilation, precision), x
+    )(dy)
+  else:
+    # XLA:CPU's input gradient of a strided conv is a convolution of the zero-dilated dY
+    # with a transposed copy of the kernel, 1.2-2x slower than a dot per tap,
+    # `dY W[i, j]^T`, each added back on the strided grid (BENCHMARKS.md).
+    channels_last = (((1,), (1,)), ((), ()))
+    parts = [
+      dot(dy2, kernel[i, j], channels_last).reshape(*dy.shape[:3], channels)
+      for i in range(kh)
+      for j in range(kw)
     ]
-  )
+    dx = untaps(parts, x.shape[1:3], (kh, kw), strides, padding, dilation).astype(x.dtype)
+  # The kernel gradient, `[B*Ho*Wo, C]^T [B*Ho*Wo, O]` per tap. As 2-D dots XLA:CPU reads
+  # both operands in place; contracting the 4-D arrays' (B, H, W) axes would cost a
+  # transposed copy of each tap.
+  pixels = (((0,), (0,)), ((), ()))
+  columns = [
+    tap.reshape(-1, channels)
+    for tap in taps(x, (kh, kw), dy.shape[1:3], strides, padding, dilation)
+  ]
+  if dy2.shape[0] < features:
+    # Fewer pixels than output channels (the SSD extras): one dot of the taps side by
+    # side (im2col) moves less memory than stacking kh * kw kernel-sized products.
+    dkernel = dot(jnp.concatenate(columns, axis=1), dy2, pixels)
+  else:
+    dkernel = jnp.stack([dot(column, dy2, pixels) for column in columns])
   return dx, dkernel.reshape(kernel.shape).astype(kernel.dtype)
 
 
@@ -221,7 +276,9 @@ class Conv(nn.Conv):
     pixels = 1
     for size, (low, high), w, s in zip(inputs.shape[1:3], padding, window, strides, strict=True):
       pixels *= max(0, (size + low + high - w) // s + 1)
-    return padding if pixels >= TAP_GRAD_MIN_PIXELS else None
+    # A strided conv takes it at any size, for its input gradient (`_tap_grad_bwd`).
+    strided = any(s != 1 for s in strides)
+    return padding if strided or pixels >= TAP_GRAD_MIN_PIXELS else None
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:
@@ -247,14 +304,16 @@ class Conv(nn.Conv):
     if any(s != 1 for s in strides):
       spatial = tuple(slice(None, None, s) for s in strides)
       inputs = inputs[(Ellipsis, *spatial, slice(None))]
-    # Contract the channel axis: [..., Cin] x [Cin, Cout]. Its gradients are the dots
-    # dX = dY K^T and dK = X^T dY.
+    # [N*H*W, Cin] x [Cin, Cout]. Its gradients are the dots dX = dY K^T and
+    # dK = X^T dY. Flattened to 2-D first: the kernel gradient of a dot that contracts
+    # the channels of the 4-D array would contract (N, H, W), which XLA:CPU feeds with a
+    # transposed copy of dY (half the time of this layer's backward, BENCHMARKS.md).
     y = lax.dot_general(
-      inputs,
+      inputs.reshape(-1, in_features),
       kernel.reshape(in_features, self.features),
-      (((inputs.ndim - 1,), (0,)), ((), ())),
+      (((1,), (0,)), ((), ())),
       precision=self.precision,
-    )
+    ).reshape(*inputs.shape[:-1], self.features)
     if bias is not None:
       y = y + bias
     return y
