@@ -18,14 +18,19 @@ the same initialiser from the same shape, and `bias` `(Cout,)`; checkpoints, the
 weight importers and the parameter counts do not see the difference.
 
 A spatial convolution (3x3 and up, 2-D, no groups or input dilation) with both widths
-at least `TAP_GRAD_MIN_CHANNELS` and an output map of at least `TAP_GRAD_MIN_PIXELS`
-pixels keeps `lax.conv_general_dilated` for its forward pass and its input gradient; in
-the 'dot' mode its kernel gradient is one matrix multiply per kernel tap
-(`conv_tap_grad`). XLA:CPU computes that gradient as a convolution with the channels as
-its batch, 2-7x slower than the forward convolution of the same FLOPs; the dots took it
-from 200 to 73 ms for the 512-wide 3x3 convs at 30x40, and from 59 to 31 ms for the
-128-wide ones at 60x80 (BENCHMARKS.md). Narrower ones, smaller maps (the SSD extras) and
-other convolutions go through `nn.Conv` unchanged.
+at least `TAP_GRAD_MIN_CHANNELS`, and either an output map of at least
+`TAP_GRAD_MIN_PIXELS` pixels or a stride, keeps `lax.conv_general_dilated` for its
+forward pass; in the 'dot' mode its gradients are matrix multiplies (`conv_tap_grad`):
+- the kernel gradient, one dot per kernel tap (one im2col dot where the output has fewer
+  pixels than channels). XLA:CPU computes it as a convolution with the channels as its
+  batch, 2-7x slower than the forward convolution of the same FLOPs;
+- a strided conv's input gradient, one dot per tap added back on the strided grid
+  (`untaps`), where XLA:CPU convolves the zero-dilated dY with a transposed copy of the
+  kernel. At stride 1 the input gradient stays XLA's convolution.
+Every dot is 2-D, with the pixels of all images as one axis: contracting the pixel axes
+of 4-D arrays makes XLA:CPU feed the dot transposed copies (BENCHMARKS.md, issue #18).
+Narrower convs, small unstrided maps and other convolutions go through `nn.Conv`
+unchanged.
 """
 
 import functools
@@ -120,7 +125,7 @@ def taps(
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
-  """`lax.conv_general_dilated` (NHWC, HWIO) whose kernel gradient is a dot per tap.
+  """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are dots per kernel tap.
 
   Args:
     x: `[B, H, W, C]`.
@@ -131,10 +136,11 @@ def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
     precision: passed to the convolutions and the dots.
 
   Returns:
-    `[B, Ho, Wo, O]`. The input gradient is XLA's. The kernel gradient of tap `(i, j)`
-    is `taps(x)[i, j]^T dY` with the images and pixels as one contracted axis
-    (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`): the same sums as the convolution's, in another
-    order.
+    `[B, Ho, Wo, O]`. The kernel gradient of tap `(i, j)` is `taps(x)[i, j]^T dY` with
+    the images and pixels as one contracted axis (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`), or
+    all taps side by side in one dot where `B*Ho*Wo < O`. The input gradient is XLA's
+    at stride 1 and `untaps` of the per-tap `dY W[i, j]^T` when strided. The same sums
+    as the convolution's, in another order.
   """
   return _conv(x, kernel, strides, padding, dilation, precision)
 
@@ -251,8 +257,9 @@ class Conv(nn.Conv):
     """The explicit padding of a 2-D conv whose kernel gradient takes `conv_tap_grad`.
 
     None where the layer keeps `nn.Conv`: not 2-D NHWC, a width under
-    `TAP_GRAD_MIN_CHANNELS`, an output map under `TAP_GRAD_MIN_PIXELS`, groups, input
-    dilation, a mask, or a padding mode other than 'SAME', 'VALID' or non-negative pairs.
+    `TAP_GRAD_MIN_CHANNELS`, an unstrided output map under `TAP_GRAD_MIN_PIXELS`, groups,
+    input dilation, a mask, or a padding mode other than 'SAME', 'VALID' or non-negative
+    pairs.
     """
     kernel_size = self._kernel_size()
     if len(kernel_size) != 2 or inputs.ndim != 4:
