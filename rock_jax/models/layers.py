@@ -123,32 +123,6 @@ def taps(
   ]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
-def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
-  """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are dots per kernel tap.
-
-  Args:
-    x: `[B, H, W, C]`.
-    kernel: `[kh, kw, C, O]`.
-    strides: `(sh, sw)`.
-    padding: `((top, bottom), (left, right))`, non-negative.
-    dilation: the kernel dilation `(dh, dw)`.
-    precision: passed to the convolutions and the dots.
-
-  Returns:
-    `[B, Ho, Wo, O]`. The kernel gradient of tap `(i, j)` is `taps(x)[i, j]^T dY` with
-    the images and pixels as one contracted axis (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`), or
-    all taps side by side in one dot where `B*Ho*Wo < O`. The input gradient is XLA's
-    at stride 1 and `untaps` of the per-tap `dY W[i, j]^T` when strided. The same sums
-    as the convolution's, in another order.
-  """
-  return _conv(x, kernel, strides, padding, dilation, precision)
-
-
-def _tap_grad_fwd(x, kernel, strides, padding, dilation, precision):
-  return _conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
-
-
 def untaps(
   parts: Sequence[jnp.ndarray],
   in_size: Sequence[int],
@@ -184,6 +158,32 @@ def untaps(
   return total[:, top : top + in_size[0], left : left + in_size[1]]
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
+  """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are dots per kernel tap.
+
+  Args:
+    x: `[B, H, W, C]`.
+    kernel: `[kh, kw, C, O]`.
+    strides: `(sh, sw)`.
+    padding: `((top, bottom), (left, right))`, non-negative.
+    dilation: the kernel dilation `(dh, dw)`.
+    precision: passed to the convolutions and the dots.
+
+  Returns:
+    `[B, Ho, Wo, O]`. The kernel gradient of tap `(i, j)` is `taps(x)[i, j]^T dY` with
+    the images and pixels as one contracted axis (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`), or
+    all taps side by side in one dot where `B*Ho*Wo < O`. The input gradient is XLA's
+    at stride 1 and `untaps` of the per-tap `dY W[i, j]^T` when strided. The same sums
+    as the convolution's, in another order.
+  """
+  return _conv(x, kernel, strides, padding, dilation, precision)
+
+
+def _tap_grad_fwd(x, kernel, strides, padding, dilation, precision):
+  return _conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
+
+
 def _tap_grad_bwd(strides, padding, dilation, precision, residuals, dy):
   x, kernel = residuals
   kh, kw, channels, features = kernel.shape
@@ -195,7 +195,7 @@ def _tap_grad_bwd(strides, padding, dilation, precision, residuals, dy):
     )(dy)
   else:
     # XLA:CPU's input gradient of a strided conv is a convolution of the zero-dilated dY
-    # with a transposed copy of the kernel, 1.2-2x slower than a dot per tap,
+    # with a transposed copy of the kernel, 1.2-2.1x slower than a dot per tap,
     # `dY W[i, j]^T`, each added back on the strided grid (BENCHMARKS.md).
     channels_last = (((1,), (1,)), ((), ()))
     parts = [
@@ -254,7 +254,7 @@ class Conv(nn.Conv):
     return all(low == 0 and high == 0 for low, high in padding)
 
   def _tap_grad_padding(self, inputs: jnp.ndarray) -> tuple[tuple[int, int], ...] | None:
-    """The explicit padding of a 2-D conv whose kernel gradient takes `conv_tap_grad`.
+    """The explicit padding of a 2-D conv whose gradients take `conv_tap_grad`.
 
     None where the layer keeps `nn.Conv`: not 2-D NHWC, a width under
     `TAP_GRAD_MIN_CHANNELS`, an unstrided output map under `TAP_GRAD_MIN_PIXELS`, groups,
