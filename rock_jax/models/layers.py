@@ -135,27 +135,14 @@ def untaps(
 
   Returns `[B, H, W, C]` for `in_size = (H, W)`: the sum over taps of `parts[i * kw + j]`
   placed at `(y * sh + i * dh - pad_top, x * sw + j * dw - pad_left)`, the padding
-  dropped.
+  dropped. JAX transposes `taps`' strided slices and padding into pads and a slice.
   """
-  (_, kw), (sh, sw), (dh, dw) = kernel_size, strides, dilation
-  (top, bottom), (left, right) = padding
-  height, width = in_size[0] + top + bottom, in_size[1] + left + right
-  total = None
-  for index, part in enumerate(parts):
-    i, j = divmod(index, kw)
-    ho, wo = part.shape[1:3]
-    placed = lax.pad(
-      part,
-      jnp.zeros((), part.dtype),
-      (
-        (0, 0, 0),
-        (i * dh, height - i * dh - (ho - 1) * sh - 1, sh - 1),
-        (j * dw, width - j * dw - (wo - 1) * sw - 1, sw - 1),
-        (0, 0, 0),
-      ),
-    )
-    total = placed if total is None else total + placed
-  return total[:, top : top + in_size[0], left : left + in_size[1]]
+  batch, out_size, channels = parts[0].shape[0], parts[0].shape[1:3], parts[0].shape[-1]
+  x = jax.ShapeDtypeStruct((batch, *in_size, channels), parts[0].dtype)
+  (total,) = jax.linear_transpose(
+    lambda x: taps(x, kernel_size, out_size, strides, padding, dilation), x
+  )(list(parts))
+  return total
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
