@@ -106,69 +106,96 @@ def test_dot_mode_has_no_conv_for_1x1_only():
 
 
 @pytest.mark.parametrize(
-  'kwargs',
+  'kwargs,size',
   [
-    dict(kernel_size=(3, 3)),
-    dict(kernel_size=(3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False),
-    dict(kernel_size=(3, 3), kernel_dilation=2, padding=((2, 2), (2, 2))),
-    dict(kernel_size=(3, 2), strides=(2, 3), kernel_dilation=(1, 2), padding='SAME'),
-    dict(kernel_size=(3, 3), strides=2, padding='VALID'),
+    (dict(kernel_size=(3, 3)), (7, 9)),
+    (dict(kernel_size=(3, 3), kernel_dilation=2, padding=((2, 2), (2, 2))), (7, 9)),
+    (dict(kernel_size=(2, 3), padding='VALID'), (7, 9)),
+    # Wider than the kernel's reach: the flipped padding of the input gradient crops.
+    (dict(kernel_size=(3, 3), padding=((3, 0), (1, 4))), (7, 9)),
+    # Strided, fewer output pixels than channels (2 x 4 x 5 < 64): im2col dots.
+    (dict(kernel_size=(3, 3), strides=2, padding=((1, 1), (1, 1)), use_bias=False), (7, 9)),
+    (dict(kernel_size=(3, 2), strides=(2, 3), kernel_dilation=(1, 2), padding='SAME'), (7, 9)),
+    (dict(kernel_size=(3, 3), strides=2, padding='VALID'), (7, 9)),
+    # Strided, 2 x 8 x 9 >= 64 output pixels: XLA's forward, a kernel-gradient dot per tap.
+    (dict(kernel_size=(3, 3), strides=2), (15, 17)),
   ],
 )
-def test_spatial_conv_kernel_gradient_matches_nn_conv(kwargs, monkeypatch):
-  """'dot' takes the kernel gradient of a spatial conv as one dot per kernel tap."""
-  monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
+def test_spatial_conv_gradients_match_nn_conv(kwargs, size):
+  """'dot' takes the gradients of a spatial conv as dots (`layers.conv_tap_grad`)."""
   width = layers.TAP_GRAD_MIN_CHANNELS
-  x = jax.random.normal(_key(1), (2, 7, 9, width))
+  x = jax.random.normal(_key(1), (2, *size, width))
   variables = _compare(lambda mode: layers.Conv(width, conv_1x1=mode, **kwargs), x)
   conv = layers.Conv(width, conv_1x1='dot', **kwargs)
   _close(nn.Conv(width, **kwargs).apply(variables, x), conv.apply(variables, x))
-  # The forward pass stays a convolution. The kernel gradient is a dot per tap, or one dot
-  # of the taps side by side where the output has fewer pixels than channels (the strided
-  # cases here: 2 x 4 x 5 < 64). The input gradient is a convolution at stride 1, a dot
-  # per tap when strided.
   taps = np.prod(kwargs['kernel_size'])
   strided = np.any(np.asarray(kwargs.get('strides', 1)) != 1)
-  out_pixels = np.prod(conv.apply(variables, x).shape[:3])
-  kernel_dots = taps if out_pixels >= width else 1
-  assert (out_pixels < width) == strided  # Both kernel-gradient forms are tested.
+  im2col = np.prod(conv.apply(variables, x).shape[:3]) < width
   grads = _primitives(jax.grad(lambda v, x: conv.apply(v, x).sum(), argnums=(0, 1)), variables, x)
-  assert grads.count('conv_general_dilated') == (1 if strided else 2)
-  assert grads.count('dot_general') == kernel_dots + (taps if strided else 0)
+  if not strided:
+    # XLA's forward convolution; dX and dW one dot each of the taps of dY side by side.
+    assert grads == ['conv_general_dilated', 'dot_general', 'dot_general']
+  elif im2col:
+    # Forward and kernel gradient one im2col dot each; the input gradient a dot per tap.
+    assert grads == ['dot_general'] * (2 + taps)
+  else:
+    assert grads.count('conv_general_dilated') == 1
+    assert grads.count('dot_general') == 2 * taps
 
 
-@pytest.mark.parametrize('strides', [1, 2])
-def test_spatial_conv_kernel_gradient_in_bfloat16(strides, monkeypatch):
-  monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
+@pytest.mark.parametrize(
+  'kwargs',
+  [
+    dict(kernel_size=(3, 3)),
+    dict(kernel_size=(3, 3), kernel_dilation=2, padding=((2, 1), (0, 2)), use_bias=False),
+    dict(kernel_size=(2, 3), padding='VALID'),
+  ],
+)
+def test_narrow_conv_forward_is_one_dot(kwargs):
+  """At most a quarter as wide as its input (the SSD predictors): one dot forward."""
+  width = 4 * 5
+  x = jax.random.normal(_key(1), (2, 7, 9, width))
+  variables = _compare(lambda mode: layers.Conv(5, conv_1x1=mode, **kwargs), x)
+  conv = layers.Conv(5, conv_1x1='dot', **kwargs)
+  _close(nn.Conv(5, **kwargs).apply(variables, x), conv.apply(variables, x))
+  assert _primitives(conv.apply, variables, x) == ['dot_general']
+  # One output channel more and it is not narrow: XLA's convolution.
+  wider = layers.Conv(6, conv_1x1='dot', **kwargs)
+  wide_vars = jax.eval_shape(wider.init, _key(0), x)
+  assert _primitives(wider.apply, wide_vars, x) == ['conv_general_dilated']
+
+
+@pytest.mark.parametrize('strides,features', [(1, 64), (2, 64), (1, 16)])
+def test_spatial_conv_gradients_in_bfloat16(strides, features):
   width = layers.TAP_GRAD_MIN_CHANNELS
   x = jax.random.normal(_key(1), (2, 7, 9, width))
-  conv = layers.Conv(width, (3, 3), strides, conv_1x1='dot', dtype=jnp.bfloat16)
+  conv = layers.Conv(features, (3, 3), strides, conv_1x1='dot', dtype=jnp.bfloat16)
   variables = conv.init(_key(0), x)
 
   def grad(c):
     loss = lambda v, x: jnp.sum(c.apply(v, x).astype(jnp.float32) ** 2)
     return jax.grad(loss, argnums=(0, 1))(variables, x.astype(jnp.bfloat16))
 
+  assert conv.apply(variables, x).dtype == jnp.bfloat16
   grads = grad(conv)
   assert grads[0]['params']['kernel'].dtype == jnp.float32  # Params stay float32.
   assert grads[1].dtype == jnp.bfloat16
-  _close(grad(nn.Conv(width, (3, 3), strides, dtype=jnp.bfloat16)), grads, rtol=2e-2)
+  _close(grad(nn.Conv(features, (3, 3), strides, dtype=jnp.bfloat16)), grads, rtol=2e-2)
 
 
 def test_tap_gradient_thresholds():
-  """Narrow convs, small output maps and other modes keep nn.Conv's gradient."""
-  wide, pixels = layers.TAP_GRAD_MIN_CHANNELS, layers.TAP_GRAD_MIN_PIXELS
-  big = jnp.zeros((1, 32, pixels // 32, wide))  # Exactly TAP_GRAD_MIN_PIXELS at stride 1.
+  """Narrow strided convs and other modes keep nn.Conv's gradient; every unstrided one not."""
+  wide = layers.TAP_GRAD_MIN_CHANNELS
+  x = jnp.zeros((1, 8, 8, wide))
   cases = (
-    (layers.Conv(wide, (3, 3), conv_1x1='dot'), big, True),
-    (layers.Conv(wide // 2, (3, 3), conv_1x1='dot'), big, False),  # Narrow output.
-    # Strided: at any size, for its input gradient (the map is a quarter here).
-    (layers.Conv(wide, (3, 3), strides=2, conv_1x1='dot'), big, True),
-    (layers.Conv(wide // 2, (3, 3), strides=2, conv_1x1='dot'), big, False),
-    (layers.Conv(wide, (3, 3), padding='VALID', conv_1x1='dot'), big, False),  # 30 x 30.
-    (layers.Conv(wide, (3, 3), conv_1x1='conv'), big, False),
-    (layers.Conv(wide, (3, 3), padding='CIRCULAR', conv_1x1='dot'), big, False),
-    (layers.Conv(wide, (3, 3), feature_group_count=2, conv_1x1='dot'), big, False),
+    (layers.Conv(wide, (3, 3), conv_1x1='dot'), x, True),
+    (layers.Conv(wide // 2, (3, 3), conv_1x1='dot'), x, True),  # Narrow, unstrided.
+    (layers.Conv(wide, (3, 3), padding='VALID', conv_1x1='dot'), x[:, :3, :3], True),
+    (layers.Conv(wide, (3, 3), strides=2, conv_1x1='dot'), x, True),
+    (layers.Conv(wide // 2, (3, 3), strides=2, conv_1x1='dot'), x, False),  # Narrow, strided.
+    (layers.Conv(wide, (3, 3), conv_1x1='conv'), x, False),
+    (layers.Conv(wide, (3, 3), padding='CIRCULAR', conv_1x1='dot'), x, False),
+    (layers.Conv(wide, (3, 3), feature_group_count=2, conv_1x1='dot'), x, False),
   )
   for conv, x, dots in cases:
     variables = jax.eval_shape(conv.init, _key(0), x)
@@ -179,11 +206,12 @@ def test_tap_gradient_thresholds():
 @pytest.mark.parametrize(
   'config_name,expected',
   [
-    # At 480x640: the 16 3x3 convs of the ResNet-50, 4 of ROCK and the 3 strided SSD extras.
-    ('rock_pytorch', 23),
-    # The CPU demo: too narrow at 36x48, maps too small from 64 wide but for its 3 strided
-    # convs 64 wide (the ResNet-18's last stage, two SSD extras).
-    ('synthetic', 3),
+    # At 480x640: the 16 3x3 convs of the ResNet-50, 4 of ROCK, the 5 spatial SSD extras
+    # and the 12 box and class predictors.
+    ('rock_pytorch', 37),
+    # The CPU demo: the ResNet-18's 3x3 convs but its one strided 32-wide conv (15), one of
+    # ROCK, the 2 strided SSD extras (64 -> 128) and the 10 predictors.
+    ('synthetic', 28),
   ],
 )
 def test_which_convs_take_the_tap_gradient(config_name, expected, monkeypatch):
@@ -275,14 +303,14 @@ def test_bottleneck_block(layout, stride, in_width):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('tap_grad', [False, True])
-def test_resnet_backbone(tap_grad, monkeypatch):
-  if tap_grad:  # The 3x3 convs of stages 2-4 take the kernel gradient per tap.
-    monkeypatch.setattr(layers, 'TAP_GRAD_MIN_CHANNELS', 8)
-    monkeypatch.setattr(layers, 'TAP_GRAD_MIN_PIXELS', 1)
+@pytest.mark.parametrize('layout', ['v1', 'v1.5'])
+def test_resnet_backbone(layout, monkeypatch):
+  # v1.5 strides its 3x3 convs: at width 4 they take the strided tap gradients only when
+  # the threshold is lowered.
+  monkeypatch.setattr(layers, 'TAP_GRAD_MIN_CHANNELS', 4)
   x = jax.random.normal(_key(1), (2, 32, 48, 3))
   make = lambda mode: resnet.ResNet(
-    depth=50, width=4, stage_sizes=(1, 1, 1, 1), layout='v1', conv_1x1=mode
+    depth=50, width=4, stage_sizes=(1, 1, 1, 1), layout=layout, conv_1x1=mode
   )
   _compare(make, x, train=True)
 

@@ -195,7 +195,11 @@ def _conv_dilations(model, variables, images, kernel=3):
   ],
 )
 def test_dilation_semantics(output_stride, stage_sizes, expected):
-  model = resnet.ResNet(depth=50, width=4, stage_sizes=stage_sizes, output_stride=output_stride)
+  # 'conv': every conv a top-level convolution of the jaxpr ('dot' wraps the spatial ones
+  # in `layers.conv_tap_grad`, whose forward is the same convolution).
+  model = resnet.ResNet(
+    depth=50, width=4, stage_sizes=stage_sizes, output_stride=output_stride, conv_1x1='conv'
+  )
   images = jnp.zeros((1, 32, 32, 3))
   variables = jax.eval_shape(lambda x: model.init(_key(0), x, train=False), images)
   assert _conv_dilations(model, variables, images) == expected

@@ -17,20 +17,23 @@ The parameters are those of `nn.Conv`: `kernel` of shape `(1, 1, Cin, Cout)`, dr
 the same initialiser from the same shape, and `bias` `(Cout,)`; checkpoints, the
 weight importers and the parameter counts do not see the difference.
 
-A spatial convolution (3x3 and up, 2-D, no groups or input dilation) with both widths
-at least `TAP_GRAD_MIN_CHANNELS`, and either an output map of at least
-`TAP_GRAD_MIN_PIXELS` pixels or a stride, keeps `lax.conv_general_dilated` for its
-forward pass; in the 'dot' mode its gradients are matrix multiplies (`conv_tap_grad`):
-- the kernel gradient, one dot per kernel tap (one im2col dot where the output has fewer
-  pixels than channels). XLA:CPU computes it as a convolution with the channels as its
-  batch, 2-7x slower than the forward convolution of the same FLOPs;
-- a strided conv's input gradient, one dot per tap added back on the strided grid
-  (`untaps`), where XLA:CPU convolves the zero-dilated dY with a transposed copy of the
-  kernel. At stride 1 the input gradient stays XLA's convolution.
+A spatial convolution (2-D, no groups or input dilation) takes `conv_tap_grad` in the
+'dot' mode: matrix multiplies where XLA:CPU is slow. XLA:CPU computes a kernel gradient
+as a convolution with the channels as its batch, 2-7x slower than the forward
+convolution of the same FLOPs. The gradients:
+- at stride 1, any width: the input gradient is the convolution of dY with the flipped
+  kernel, and its im2col matrix dZ (the taps of dY side by side) serves both gradients,
+  one dot each: dX = dZ W^T and dW = X^T dZ;
+- strided, both widths at least `TAP_GRAD_MIN_CHANNELS`: the kernel gradient is one dot
+  per kernel tap (one im2col dot where the output has fewer pixels than channels), and
+  the input gradient one dot per tap added back on the strided grid (`untaps`), where
+  XLA:CPU convolves the zero-dilated dY with a transposed copy of the kernel.
+The forward pass stays XLA's convolution but in two cases where one dot is faster: an
+output at most 1/`NARROW_OUTPUT_RATIO` as wide as its input at stride 1 (the SSD
+predictors), and a strided conv with fewer output pixels than channels (the SSD extras).
 Every dot is 2-D, with the pixels of all images as one axis: contracting the pixel axes
 of 4-D arrays makes XLA:CPU feed the dot transposed copies (BENCHMARKS.md, issue #18).
-Narrower convs, small unstrided maps and other convolutions go through `nn.Conv`
-unchanged.
+Narrower strided convs and other convolutions go through `nn.Conv` unchanged.
 """
 
 import functools
@@ -43,10 +46,12 @@ from flax.linen import linear
 from jax import lax
 
 CONV_1X1_MODES = ('auto', 'conv', 'dot')
-# A spatial conv with both widths and its output map at least these takes its kernel
-# gradient as dots (`conv_tap_grad`); smaller ones keep XLA's (measured, BENCHMARKS.md).
+# A strided spatial conv with both widths at least this takes its gradients as dots
+# (`conv_tap_grad`); narrower ones keep XLA's (measured, BENCHMARKS.md). Every unstrided
+# one takes them.
 TAP_GRAD_MIN_CHANNELS = 64
-TAP_GRAD_MIN_PIXELS = 1024
+# A stride-1 conv at most 1/this as wide as its input computes its forward pass as one dot.
+NARROW_OUTPUT_RATIO = 4
 _NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -108,7 +113,10 @@ def taps(
   Tap `(i, j)` (item `i * kw + j`) holds, at output pixel `(y, x)`, the input at
   `(y * sh + i * dh - pad_top, x * sw + j * dw - pad_left)`, zero outside the image.
   """
-  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  # lax.pad: a negative padding crops (the flipped padding of a stride-1 input gradient).
+  x = lax.pad(
+    x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding), (0, 0, 0))
+  )
   (kh, kw), (ho, wo), (sh, sw), (dh, dw) = kernel_size, out_size, strides, dilation
   batch, channels = x.shape[0], x.shape[-1]
   return [
@@ -145,6 +153,14 @@ def untaps(
   return total
 
 
+def _columns(x, kernel_size, out_size, strides, padding, dilation):
+  """`taps` as 2-D `[B*Ho*Wo, C]` matrices: side by side, the im2col matrix."""
+  return [
+    tap.reshape(-1, x.shape[-1])
+    for tap in taps(x, kernel_size, out_size, strides, padding, dilation)
+  ]
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
   """`lax.conv_general_dilated` (NHWC, HWIO) whose gradients are dots per kernel tap.
@@ -158,47 +174,97 @@ def conv_tap_grad(x, kernel, strides, padding, dilation, precision=None):
     precision: passed to the convolutions and the dots.
 
   Returns:
-    `[B, Ho, Wo, O]`. The kernel gradient of tap `(i, j)` is `taps(x)[i, j]^T dY` with
-    the images and pixels as one contracted axis (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`), or
-    all taps side by side in one dot where `B*Ho*Wo < O`. The input gradient is XLA's
-    at stride 1 and `untaps` of the per-tap `dY W[i, j]^T` when strided. The same sums
-    as the convolution's, in another order.
+    `[B, Ho, Wo, O]`. At stride 1 both gradients are one dot each of dZ, the taps of dY
+    for the flipped kernel side by side (`[B*H*W, kh*kw*O]`): `dX = dZ W^T` and
+    `dW = X^T dZ`. Strided, the kernel gradient of tap `(i, j)` is
+    `taps(x)[i, j]^T dY` (`[B*Ho*Wo, C]^T [B*Ho*Wo, O]`), or all taps side by side in one
+    dot where `B*Ho*Wo < O`, and the input gradient is `untaps` of the per-tap
+    `dY W[i, j]^T`. The same sums as the convolution's, in another order.
   """
+  return _tap_conv(x, kernel, strides, padding, dilation, precision)
+
+
+def _tap_conv(x, kernel, strides, padding, dilation, precision):
+  """The forward pass of `conv_tap_grad`: XLA's convolution, or one dot where it is slow.
+
+  - An output at most 1/`NARROW_OUTPUT_RATIO` as wide as the input, at stride 1 (the SSD
+    predictors): the products `X W[i, j]` of all taps in one dot, `[B*H*W, C] x [C,
+    kh*kw*O]`, each then read where its tap reads and summed.
+  - Strided, with fewer output pixels than channels (the SSD extras): one im2col dot.
+  """
+  kh, kw, channels, features = kernel.shape
+  batch, height, width = x.shape[:3]
+  out_size = tuple(
+    (size + low + high - (k - 1) * d - 1) // s + 1
+    for size, k, s, (low, high), d in zip(
+      (height, width), (kh, kw), strides, padding, dilation, strict=True
+    )
+  )
+  dot = functools.partial(lax.dot_general, precision=precision, preferred_element_type=jnp.float32)
+  if all(s == 1 for s in strides) and NARROW_OUTPUT_RATIO * features <= channels:
+    products = dot(x.reshape(-1, channels), kernel, (((1,), (2,)), ((), ())))
+    products = jnp.pad(
+      products.reshape(batch, height, width, kh, kw, features),
+      ((0, 0), *padding, (0, 0), (0, 0), (0, 0)),
+    )
+    (ho, wo), (dh, dw) = out_size, dilation
+    y = sum(
+      products[:, i * dh : i * dh + ho, j * dw : j * dw + wo, i, j]
+      for i in range(kh)
+      for j in range(kw)
+    )
+    return y.astype(x.dtype)
+  if any(s != 1 for s in strides) and batch * out_size[0] * out_size[1] < features:
+    columns = _columns(x, (kh, kw), out_size, strides, padding, dilation)
+    y = dot(
+      jnp.concatenate(columns, axis=1), kernel.reshape(-1, features), (((1,), (0,)), ((), ()))
+    )
+    return y.reshape(batch, *out_size, features).astype(x.dtype)
   return _conv(x, kernel, strides, padding, dilation, precision)
 
 
 def _tap_grad_fwd(x, kernel, strides, padding, dilation, precision):
-  return _conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
+  return _tap_conv(x, kernel, strides, padding, dilation, precision), (x, kernel)
 
 
 def _tap_grad_bwd(strides, padding, dilation, precision, residuals, dy):
   x, kernel = residuals
   kh, kw, channels, features = kernel.shape
   dot = functools.partial(lax.dot_general, precision=precision, preferred_element_type=jnp.float32)
-  dy2 = dy.reshape(-1, features)
+  pixels = (((0,), (0,)), ((), ()))
   if all(s == 1 for s in strides):
-    (dx,) = jax.linear_transpose(
-      lambda x: _conv(x, kernel, strides, padding, dilation, precision), x
-    )(dy)
-  else:
-    # XLA:CPU's input gradient of a strided conv is a convolution of the zero-dilated dY
-    # with a transposed copy of the kernel, 1.2-2.1x slower than a dot per tap,
-    # `dY W[i, j]^T`, each added back on the strided grid (BENCHMARKS.md).
-    channels_last = (((1,), (1,)), ((), ()))
-    parts = [
-      dot(dy2, kernel[i, j], channels_last).reshape(*dy.shape[:3], channels)
-      for i in range(kh)
-      for j in range(kw)
-    ]
-    dx = untaps(parts, x.shape[1:3], (kh, kw), strides, padding, dilation).astype(x.dtype)
+    # At stride 1 the input gradient is the convolution of dY with the flipped kernel. Its
+    # im2col matrix dZ, the taps of dY side by side `[B*H*W, kh*kw*O]`, serves both
+    # gradients, one dot each: dX = dZ W^T contracting taps and output channels, and
+    # dW = X^T dZ contracting pixels (BENCHMARKS.md).
+    flipped = tuple(
+      ((k - 1) * d - low, (k - 1) * d - high)
+      for k, d, (low, high) in zip((kh, kw), dilation, padding, strict=True)
+    )
+    dz = jnp.stack(taps(dy, (kh, kw), x.shape[1:3], strides, flipped, dilation)[::-1], axis=3)
+    dx = dot(
+      dz.reshape(-1, kh * kw, features),
+      kernel.reshape(kh * kw, channels, features),
+      (((1, 2), (0, 2)), ((), ())),
+    )
+    dkernel = dot(x.reshape(-1, channels), dz.reshape(-1, kh * kw * features), pixels)
+    dkernel = dkernel.reshape(channels, kh, kw, features).transpose(1, 2, 0, 3)
+    return dx.reshape(x.shape).astype(x.dtype), dkernel.astype(kernel.dtype)
+  # Strided: XLA:CPU's input gradient is a convolution of the zero-dilated dY with a
+  # transposed copy of the kernel, 1.2-2.1x slower than a dot per tap, `dY W[i, j]^T`,
+  # each added back on the strided grid (BENCHMARKS.md).
+  dy2 = dy.reshape(-1, features)
+  channels_last = (((1,), (1,)), ((), ()))
+  parts = [
+    dot(dy2, kernel[i, j], channels_last).reshape(*dy.shape[:3], channels)
+    for i in range(kh)
+    for j in range(kw)
+  ]
+  dx = untaps(parts, x.shape[1:3], (kh, kw), strides, padding, dilation).astype(x.dtype)
   # The kernel gradient, `[B*Ho*Wo, C]^T [B*Ho*Wo, O]` per tap. As 2-D dots XLA:CPU reads
   # both operands in place; contracting the 4-D arrays' (B, H, W) axes would cost a
   # transposed copy of each tap.
-  pixels = (((0,), (0,)), ((), ()))
-  columns = [
-    tap.reshape(-1, channels)
-    for tap in taps(x, (kh, kw), dy.shape[1:3], strides, padding, dilation)
-  ]
+  columns = _columns(x, (kh, kw), dy.shape[1:3], strides, padding, dilation)
   if dy2.shape[0] < features:
     # Fewer pixels than output channels (the SSD extras): one dot of the taps side by
     # side (im2col) moves less memory than stacking kh * kw kernel-sized products.
@@ -243,21 +309,21 @@ class Conv(nn.Conv):
   def _tap_grad_padding(self, inputs: jnp.ndarray) -> tuple[tuple[int, int], ...] | None:
     """The explicit padding of a 2-D conv whose gradients take `conv_tap_grad`.
 
-    None where the layer keeps `nn.Conv`: not 2-D NHWC, a width under
-    `TAP_GRAD_MIN_CHANNELS`, an unstrided output map under `TAP_GRAD_MIN_PIXELS`, groups,
-    input dilation, a mask, or a padding mode other than 'SAME', 'VALID' or non-negative
-    pairs.
+    None where the layer keeps `nn.Conv`: not 2-D NHWC, a strided conv with a width under
+    `TAP_GRAD_MIN_CHANNELS`, groups, input dilation, a mask, or a padding mode other than
+    'SAME', 'VALID' or non-negative pairs.
     """
     kernel_size = self._kernel_size()
     if len(kernel_size) != 2 or inputs.ndim != 4:
-      return None
-    if min(inputs.shape[-1], self.features) < TAP_GRAD_MIN_CHANNELS:
       return None
     if self.feature_group_count != 1 or self.mask is not None:
       return None
     if not _all_ones(self.input_dilation):
       return None
     dilation, strides = _strides(self.kernel_dilation, 2), _strides(self.strides, 2)
+    narrow = min(inputs.shape[-1], self.features) < TAP_GRAD_MIN_CHANNELS
+    if narrow and any(s != 1 for s in strides):
+      return None
     window = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True))
     padding = linear.canonicalize_padding(self.padding, 2)
     if isinstance(padding, str):
@@ -267,12 +333,7 @@ class Conv(nn.Conv):
     padding = tuple((int(low), int(high)) for low, high in padding)
     if any(low < 0 or high < 0 for low, high in padding):
       return None
-    pixels = 1
-    for size, (low, high), w, s in zip(inputs.shape[1:3], padding, window, strides, strict=True):
-      pixels *= max(0, (size + low + high - w) // s + 1)
-    # A strided conv takes it at any size, for its input gradient (`_tap_grad_bwd`).
-    strided = any(s != 1 for s in strides)
-    return padding if strided or pixels >= TAP_GRAD_MIN_PIXELS else None
+    return padding
 
   @nn.compact
   def __call__(self, inputs: jnp.ndarray) -> jnp.ndarray:

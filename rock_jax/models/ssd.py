@@ -65,7 +65,8 @@ class SSDHead(nn.Module):
     extras_conv_bias: Conv biases in the extra layers even before a BatchNorm.
     bn_momentum: Flax BatchNorm momentum.
     dtype: Compute dtype.
-    conv_1x1: How 1x1 convs are computed ('auto', 'conv', 'dot'; `layers.Conv`).
+    conv_1x1: How convs are computed ('auto', 'conv', 'dot'; `layers.Conv`): the 1x1
+      convs as dots and the spatial ones' gradients as dots on a CPU.
   """
 
   num_classes: int
@@ -131,16 +132,17 @@ class SSDHead(nn.Module):
       zip(maps, box_lib.boxes_per_location(self.aspect_ratios), strict=True)
     ):
       batch, height, width, _ = x.shape
-      boxes = nn.Conv(
+      boxes = layers.Conv(
         k * 4,
         (3, 3),
         padding=((1, 1), (1, 1)),
         kernel_init=head_init,
         dtype=self.dtype,
         param_dtype=jnp.float32,
+        conv_1x1=self.conv_1x1,
         name=f'box{index}',
       )(x)
-      logits = nn.Conv(
+      logits = layers.Conv(
         k * (self.num_classes + 1),
         (3, 3),
         padding=((1, 1), (1, 1)),
@@ -148,6 +150,7 @@ class SSDHead(nn.Module):
         bias_init=class_bias_init(self.num_classes, self.prior_pi),
         dtype=self.dtype,
         param_dtype=jnp.float32,
+        conv_1x1=self.conv_1x1,
         name=f'cls{index}',
       )(x)
       all_boxes.append(boxes.reshape(batch, height * width * k, 4))
